@@ -1,0 +1,45 @@
+"""Split stage: data/raw -> one validated row per image -> data/split/{train,val,test}.csv."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from pneumo import labels
+from pneumo.params import load_section
+
+RAW_DIR = Path("data/raw")
+OUT_DIR = Path("data/split")
+METRICS = Path("metrics/split.json")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="split: %(levelname)s %(message)s")
+    p = load_section("split")
+    try:
+        table, flags = labels.build_table(RAW_DIR, max_age=p.max_age)
+        splits = labels.split_patients(
+            table, val_fraction=p.val_fraction, test_fraction=p.test_fraction, seed=p.seed
+        )
+    except labels.LabelError as e:
+        # the message already names the file, line or key: a traceback would only bury it
+        sys.exit(f"split: error: {e}")
+    labels.write_splits(splits, OUT_DIR)
+    summary = labels.summarize(splits, flags)
+    labels.write_json(summary, METRICS)
+    for name in labels.SPLITS:
+        s = summary[name]
+        logging.info(
+            "%-5s %6s images, %5s positive (%.1f %%), %s groups",
+            name,
+            f"{s['n']:,}",
+            f"{s['positive']:,}",
+            100 * s["prevalence"],
+            f"{s['groups']:,}",
+        )
+    logging.info("wrote %s and %s", OUT_DIR, METRICS)
+
+
+if __name__ == "__main__":
+    main()
