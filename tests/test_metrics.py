@@ -1,0 +1,399 @@
+"""pneumo.metrics against scikit-learn, hand computations and constructed cases."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+
+from pneumo import metrics as M
+from pneumo.metrics import EvaluationError
+
+
+def _data(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng({"smooth": 0, "ties": 1, "extremes": 2, "imbalanced": 3}[kind])
+    n = 300
+    y = (rng.random(n) < (0.08 if kind == "imbalanced" else 0.4)).astype(int)
+    p = 1.0 / (1.0 + np.exp(-(1.5 * (2 * y - 1) + rng.normal(0, 1.3, n))))
+    if kind == "ties":  # few distinct scores: ties inside and across classes
+        p = np.round(p, 1)
+    if kind == "extremes":  # exact 0 and 1 exercise log-loss clipping and the last bin
+        p[:10], p[10:20] = 0.0, 1.0
+    return y, p
+
+
+KINDS = ["smooth", "ties", "extremes", "imbalanced"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Threshold-free metrics vs scikit-learn
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_threshold_free_match_sklearn(kind):
+    y, p = _data(kind)
+    assert M.auroc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
+    assert M.average_precision(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-9)
+    assert M.brier_score(y, p) == pytest.approx(skm.brier_score_loss(y, p), abs=1e-9)
+    assert M.log_loss(y, p) == pytest.approx(skm.log_loss(y, p), abs=1e-9)
+    tf = M.threshold_free(y, p, n_bins=10)
+    assert tf["n"] == len(y) and tf["positives"] == y.sum()
+    assert tf["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_roc_and_pr_curves_match_sklearn(kind):
+    y, p = _data(kind)
+    for drop in (False, True):
+        fpr, tpr, thr = M.roc_curve(y, p, drop_intermediate=drop)
+        sk_fpr, sk_tpr, sk_thr = skm.roc_curve(y, p, drop_intermediate=drop)
+        np.testing.assert_allclose(fpr, sk_fpr, atol=1e-12)
+        np.testing.assert_allclose(tpr, sk_tpr, atol=1e-12)
+        np.testing.assert_array_equal(thr, sk_thr)
+    precision, recall, thr = M.precision_recall_points(y, p)
+    sk_p, sk_r, sk_t = skm.precision_recall_curve(y, p)
+    # scikit-learn lists thresholds ascending and appends the (recall 0, precision 1) end point
+    np.testing.assert_allclose(precision, sk_p[:-1][::-1], atol=1e-12)
+    np.testing.assert_allclose(recall, sk_r[:-1][::-1], atol=1e-12)
+    np.testing.assert_array_equal(thr, sk_t[::-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics at a threshold vs scikit-learn
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("t", [0.0, 0.25, 0.5, 0.6, 1.0])
+def test_threshold_metrics_match_sklearn(kind, t):
+    y, p = _data(kind)
+    pred = (p >= t).astype(int)
+    m = M.threshold_metrics(y, p, t)
+    tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (tp, fp, tn, fn)
+    assert m["threshold"] == t
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-9)
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred), abs=1e-9)
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, zero_division=0.0), abs=1e-9)
+    assert m["specificity"] == pytest.approx(tn / (tn + fp), abs=1e-9)
+    if tp + fp:
+        assert m["precision"] == pytest.approx(skm.precision_score(y, pred), abs=1e-9)
+    else:  # nothing predicted positive: precision undefined, reported as None, not NaN
+        assert m["precision"] is None
+    if tn + fn:
+        assert m["npv"] == pytest.approx(tn / (tn + fn), abs=1e-9)
+    else:
+        assert m["npv"] is None
+
+
+def test_undefined_ratios_are_none_not_nan():
+    m = M.threshold_metrics([1, 1, 1], [0.2, 0.3, 0.9], 0.5)  # no negatives at all
+    assert m["specificity"] is None and m["recall"] == pytest.approx(1 / 3)
+    assert m["npv"] == 0.0  # two predicted negatives, both wrong
+    m = M.threshold_metrics([0, 1], [0.1, 0.2], 0.5)  # nothing predicted positive
+    assert m["precision"] is None and m["f1"] == 0.0 and m["recall"] == 0.0
+    json.dumps(m, allow_nan=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration
+
+
+def test_ece_by_hand():
+    y = np.array([0, 1, 0, 1, 1, 0, 1])
+    p = np.array([0.05, 0.15, 0.12, 0.55, 0.95, 1.0, 0.58])
+    # 10 bins: [0,.1): {0.05}; [.1,.2): {0.15, 0.12}; [.5,.6): {0.55, 0.58}; [.9,1]: {0.95, 1.0}
+    bins = [([0.05], [0]), ([0.15, 0.12], [1, 0]), ([0.55, 0.58], [1, 1]), ([0.95, 1.0], [1, 0])]
+    hand = sum(len(pb) / 7 * abs(np.mean(pb) - np.mean(yb)) for pb, yb in bins)
+    assert M.expected_calibration_error(y, p, n_bins=10) == pytest.approx(hand, abs=1e-12)
+    t = M.calibration_table(y, p, n_bins=10)
+    assert t["count"].tolist() == [1, 2, 0, 0, 0, 2, 0, 0, 0, 2]
+    assert t["frac_pos"][9] == 0.5 and t["mean_prob"][9] == pytest.approx(0.975)
+    # two bins: [0, .5) and [.5, 1]
+    hand2 = 3 / 7 * abs(np.mean([0.05, 0.15, 0.12]) - 1 / 3) + 4 / 7 * abs(
+        np.mean([0.55, 0.95, 1.0, 0.58]) - 3 / 4
+    )
+    assert M.expected_calibration_error(y, p, n_bins=2) == pytest.approx(hand2, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["smooth", "imbalanced"])
+def test_calibration_table_matches_sklearn(kind):
+    y, p = _data(kind)
+    t = M.calibration_table(y, p, n_bins=10)
+    frac, mean = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    used = t["count"] > 0
+    np.testing.assert_allclose(t["frac_pos"][used], frac, atol=1e-12)
+    np.testing.assert_allclose(t["mean_prob"][used], mean, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Operating points on a constructed ROC
+
+POS = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.3, 0.2]
+NEG = [0.72, 0.5, 0.45, 0.4, 0.35, 0.25, 0.15, 0.1, 0.05, 0.01]
+Y_ROC = np.r_[np.ones(10, int), np.zeros(10, int)]
+P_ROC = np.r_[POS, NEG]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (0.05, 0.95),  # one positive suffices
+        (0.7, 0.65),  # 0.7 * 10 is 7.000000000000001 in floating point: still 7 positives
+        (0.8, 0.6),  # exactly 8 of 10
+        (0.81, 0.3),  # more than 8 -> the 9th positive's score
+        (0.9, 0.3),
+        (1.0, 0.2),  # every positive: the lowest positive score
+    ],
+)
+def test_threshold_for_sensitivity_on_constructed_roc(target, expected):
+    t = M.threshold_for_sensitivity(Y_ROC, P_ROC, target)
+    assert t == expected
+    assert M.threshold_metrics(Y_ROC, P_ROC, t)["recall"] >= target - 1e-12
+
+
+def test_youden_on_constructed_roc_and_ties():
+    # J: 0.75 -> .5, 0.65 -> .6, 0.6 -> .8 - .1 = .7 (the maximum), 0.3 -> .9 - .5 = .4
+    assert M.youden_threshold(Y_ROC, P_ROC) == 0.6
+    fpr, tpr, thr = skm.roc_curve(Y_ROC, P_ROC, drop_intermediate=False)
+    assert thr[np.argmax(tpr - fpr)] == 0.6
+    # J = 0.5 at both 0.9 and 0.8: the higher threshold wins
+    assert M.youden_threshold([1, 1, 0, 0], [0.9, 0.8, 0.85, 0.1]) == 0.9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sensitivity_threshold_is_the_highest_that_qualifies(kind):
+    y, p = _data(kind)
+    for target in (0.5, 0.8, 0.9, 0.95):
+        t = M.threshold_for_sensitivity(y, p, target)
+        assert M.threshold_metrics(y, p, t)["recall"] >= target
+        higher = np.unique(p[p > t])
+        if len(higher):  # the next distinct score up already misses the target
+            assert M.threshold_metrics(y, p, higher[0])["recall"] < target
+
+
+# ----------------------------------------------------------------------------------------------
+# Bootstrap against a hand computation
+
+
+def _pairwise_auc(y, p):
+    pos = [b for a, b in zip(y, p, strict=True) if a == 1]
+    neg = [b for a, b in zip(y, p, strict=True) if a == 0]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def _percentile(values, q):
+    v = sorted(values)
+    h = (len(v) - 1) * q / 100
+    lo = math.floor(h)
+    return v[lo] + (h - lo) * (v[min(lo + 1, len(v) - 1)] - v[lo])
+
+
+def test_bootstrap_by_hand():
+    y = np.array([0, 1, 0, 0, 0, 1])
+    p = np.array([0.2, 0.7, 0.4, 0.7, 0.1, 0.3])
+    seed, n_res, t = 5, 12, 0.35
+    idx = np.random.default_rng(seed).integers(0, 6, size=(n_res, 6))
+    aucs, sens, spec, skipped = [], [], [], 0
+    for row in idx:
+        yb, pb = [int(y[i]) for i in row], [float(p[i]) for i in row]
+        if sum(yb) in (0, len(yb)):
+            skipped += 1
+            continue
+        aucs.append(_pairwise_auc(yb, pb))
+        tp = sum(1 for a, b in zip(yb, pb, strict=True) if a == 1 and b >= t)
+        tn = sum(1 for a, b in zip(yb, pb, strict=True) if a == 0 and b < t)
+        sens.append(tp / sum(yb))
+        spec.append(tn / (len(yb) - sum(yb)))
+    assert skipped > 0  # this seed draws one-class resamples: the skip path is exercised
+    ci = M.bootstrap_ci(y, p, {"t035": t}, n_resamples=n_res, seed=seed)
+    assert ci["skipped"] == skipped and ci["n_resamples"] == n_res
+    for name, vals in (("auroc", aucs), ("t035.recall", sens), ("t035.specificity", spec)):
+        expected = (_percentile(vals, 2.5), _percentile(vals, 97.5))
+        assert ci[name] == pytest.approx(expected, abs=1e-12), name
+
+
+def test_bootstrap_is_seeded_and_covers_the_estimate():
+    y, p = _data("smooth")
+    a = M.bootstrap_ci(y, p, {"t050": 0.5}, n_resamples=300, seed=1)
+    assert a == M.bootstrap_ci(y, p, {"t050": 0.5}, n_resamples=300, seed=1)
+    assert a != M.bootstrap_ci(y, p, {"t050": 0.5}, n_resamples=300, seed=2)
+    lo, hi = a["auroc"]
+    assert lo < M.auroc(y, p) < hi
+    none = M.bootstrap_ci(y, p, {"t050": 0.5}, n_resamples=0)
+    assert none["auroc"] == (None, None) and none["skipped"] == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys, validation, subgroups
+
+
+def test_threshold_keys():
+    assert M.threshold_key(0.5) == "t050"
+    assert M.threshold_key(0.25) == "t025"
+    assert M.threshold_key(0.125) == "t0125"
+    assert M.threshold_key(0.05) == "t005"
+    assert M.threshold_key(1.0) == "t100"
+    assert M.threshold_key(0) == "t000"
+    assert M.threshold_key(1e-5) == "t000001"
+    grid = np.unique(np.r_[np.round(np.linspace(0, 1, 1001), 3), 0.1 + 0.2, 1 / 3])
+    keys = [M.threshold_key(float(t)) for t in grid]
+    assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), "0.5", True, None])
+def test_bad_thresholds_are_named(bad):
+    with pytest.raises(EvaluationError, match=r"evaluate\.thresholds\[1\]"):
+        M.check_thresholds([0.5, bad], "evaluate.thresholds")
+
+
+def test_duplicate_threshold_is_an_error():
+    with pytest.raises(EvaluationError, match="twice"):
+        M.check_thresholds([0.5, 0.25, 0.50], "evaluate.thresholds")
+
+
+def test_bad_inputs_name_the_row():
+    with pytest.raises(EvaluationError, match=r"row 2: prob nan"):
+        M.auroc([0, 1, 0], [0.1, 0.2, np.nan])
+    with pytest.raises(EvaluationError, match=r"row 1: prob 1.2"):
+        M.brier_score([0, 1], [0.1, 1.2])
+    with pytest.raises(EvaluationError, match=r"row 0: target 2"):
+        M.brier_score([2, 1], [0.1, 0.2])
+    with pytest.raises(EvaluationError, match="all 3 cases are negative"):
+        M.auroc([0, 0, 0], [0.1, 0.2, 0.3])
+
+
+def test_age_bands():
+    edges = [0, 40, 60, 120]
+    assert M.age_band_labels(edges) == ["0-39", "40-59", "60-120"]
+    ages = ["0", "39", "40", "59", "60", "120", "121", "155", "", "-1", "abc", None, 61.0]
+    got = M.assign_age_bands(ages, edges).tolist()
+    assert got == [
+        "0-39",
+        "0-39",
+        "40-59",
+        "40-59",
+        "60-120",
+        "60-120",
+        "unknown",
+        "unknown",
+        "unknown",
+        "unknown",
+        "unknown",
+        "unknown",
+        "60-120",
+    ]
+    assert M.age_band_labels([18, 19, 65]) == ["18", "19-65"]
+    with pytest.raises(EvaluationError, match="increasing"):
+        M.assign_age_bands([1], [0, 60, 40])
+
+
+def test_subgroups_one_class_empty_and_unknown():
+    y = np.array([1, 0, 1, 0, 1, 1, 0])
+    p = np.array([0.9, 0.2, 0.6, 0.7, 0.8, 0.4, 0.1])
+    labels = M.subgroup_labels(["AP", "AP", "AP", "AP", "PA", "PA", None])
+    groups = M.subgroup_metrics(y, p, labels, {"t050": 0.5}, levels=("PA", "AP", "LL"))
+    assert list(groups) == ["PA", "AP", "LL", "unknown"]
+    ap = groups["AP"]
+    assert ap["n"] == 4 and ap["positives"] == 2 and ap["prevalence"] == 0.5
+    assert ap["auroc"] == pytest.approx(skm.roc_auc_score(y[:4], p[:4]), abs=1e-12)
+    assert ap["t050"] == {"recall": 1.0, "specificity": 0.5}
+    pa = groups["PA"]  # positives only: AUROC and specificity undefined
+    assert pa["auroc"] is None and pa["auroc_note"] == "only positives"
+    assert pa["t050"] == {"recall": 0.5, "specificity": None}
+    assert groups["LL"]["n"] == 0 and groups["LL"]["auroc_note"] == "no cases"
+    assert groups["unknown"]["auroc_note"] == "only negatives"
+    json.dumps(groups, allow_nan=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole evaluation
+
+
+def _frame(y, p, rng):
+    n = len(y)
+    return pd.DataFrame(
+        {
+            "patientId": [f"p{i}" for i in range(n)],
+            "target": y,
+            "prob": p,
+            "view": rng.choice(["PA", "AP", ""], n),
+            "sex": rng.choice(["M", "F"], n),
+            "age": rng.choice(["25", "45", "75", "", "150"], n),
+        }
+    )
+
+
+def test_evaluate_layout_and_op_point():
+    rng = np.random.default_rng(0)
+    yv, pv = _data("smooth")
+    yt, pt = _data("ties")
+    ev = M.evaluate(
+        _frame(yv, pv, rng), _frame(yt, pt, rng), thresholds=[0.5, 0.25, 0.125], bootstrap=200
+    )
+    op = ev.operating_point
+    assert op == {
+        "threshold": M.threshold_for_sensitivity(yv, pv, 0.9),
+        "target_sensitivity": 0.9,
+        "method": "target_sensitivity",
+        "youden_threshold": M.youden_threshold(yv, pv),
+    }
+    test = ev.metrics["test"]
+    assert test["auroc"] == pytest.approx(skm.roc_auc_score(yt, pt), abs=1e-5)  # rounded
+    assert test["auroc_lo"] <= test["auroc"] <= test["auroc_hi"]
+    for key in ("t050", "t025", "t0125", "op", "youden"):
+        block = test[key]
+        assert {"recall", "recall_lo", "recall_hi", "specificity_lo", "tp", "npv"} <= set(block)
+        assert block["recall_lo"] <= block["recall"] <= block["recall_hi"]
+    # the val operating point is applied unchanged to test
+    assert test["op"]["tp"] == M.confusion_counts(yt, pt, op["threshold"])["tp"]
+    assert ev.metrics["val"]["op"]["recall"] >= 0.9
+    assert set(test["view"]) == {"PA", "AP", "unknown"}
+    assert set(test["age"]) == {"0-39", "40-59", "60-120", "unknown"}
+    json.dumps(ev.metrics, allow_nan=False)
+    assert set(ev.plots) >= {
+        "roc_test.csv",
+        "pr_val.csv",
+        "confusion/op.json",
+        "threshold_test.csv",
+    }
+    assert len(ev.plots["confusion/t0125.json"]) == len(yt)
+    assert all(math.isfinite(r["threshold"]) for r in ev.plots["roc_val.csv"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"thresholds": [0.5, 2.0]}, r"evaluate\.thresholds\[1\]=2\.0"),
+        ({"target_sensitivity": 0.0}, r"evaluate\.target_sensitivity"),
+        ({"bootstrap": -1}, r"evaluate\.bootstrap"),
+        ({"calibration_bins": 0}, r"evaluate\.calibration_bins"),
+        ({"age_bands": [0]}, r"evaluate\.age_bands"),
+    ],
+)
+def test_evaluate_bad_params(kwargs, match):
+    rng = np.random.default_rng(0)
+    y, p = _data("smooth")
+    with pytest.raises(EvaluationError, match=match):
+        M.evaluate(_frame(y, p, rng), _frame(y, p, rng), **kwargs)
+
+
+def test_evaluate_one_class_split_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    y, p = _data("smooth")
+    with pytest.raises(EvaluationError, match=r"test predictions: all 300 cases are negative"):
+        M.evaluate(_frame(y, p, rng), _frame(np.zeros_like(y), p, rng), bootstrap=10)
+
+
+def test_round_floats():
+    assert M.round_floats({"a": [np.float64(0.123456789), 3], "b": None}) == {
+        "a": [0.123457, 3],
+        "b": None,
+    }
+    with pytest.raises(EvaluationError, match="non-finite"):
+        M.round_floats(float("nan"))
