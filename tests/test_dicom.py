@@ -385,3 +385,11 @@ def test_fake_monochrome1_is_the_exact_inverse_of_its_twin(dicom_zoo):
     mono2 = read_image(dicom_zoo / twin["file"])
     assert mono2.std() > 10  # a real picture, not a blank
     np.testing.assert_array_equal(mono1, 255 - mono2)
+
+
+def test_read_meta_rejects_bytes_that_are_not_dicom(tmp_path: Path) -> None:
+    """A forced read parses any bytes into bogus elements; read_meta must not pass them off."""
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(ImageReadError, match="garbage.dcm: not a DICOM file"):
+        read_meta(garbage)

@@ -106,12 +106,17 @@ def read_meta(path: str | Path) -> ImageMeta:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageMeta(None, None, None)
     with warnings.catch_warnings():
-        # RSNA's bare-number ages make pydicom warn "Invalid value for VR AS" once per file
+        # pydicom warns about RSNA's bare-number ages and about odd headers; one summary line
+        # from the caller is worth more than 26,684 identical warnings
         warnings.simplefilter("ignore")
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            # a forced read turns any bytes into a few bogus elements: a real header without
+            # file meta still has identification, patient or image-pixel groups
+            if not any(tag.group in (0x0008, 0x0010, 0x0028) for tag in ds.keys()):
+                raise ImageReadError(path, "not a DICOM file (no DICOM header found)") from None
         view = str(ds.get("ViewPosition", "") or "").strip().upper() or None
         sex = str(ds.get("PatientSex", "") or "").strip().upper() or None
         age_elem = ds.get((0x0010, 0x1010))
