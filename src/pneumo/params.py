@@ -70,7 +70,8 @@ class PreprocessParams:
     resize_mode: Literal["pad", "crop", "stretch"] = "pad"
     max_rejected_fraction: float = 0.01
     workers: int = 0  # 0 = all cores
-    chunk_size: int = 64
+    chunk_size: int = 64  # files per worker task
+    file_timeout_s: int = 120  # a file taking longer (a stuck decoder) is rejected; 0 = no limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,7 @@ class AugmentParams:
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
     arch: Literal["resnet18", "densenet121", "efficientnet_v2_s"] = "resnet18"
+    last_stride: Literal[1, 2] = 2  # 1: finer final feature maps for CAM (see model.build_network)
     pretrained: bool = False
     weights_path: str | None = None  # ImageNet weights file; None = torchvision's cache
     lr: float = 1e-4
@@ -98,16 +100,19 @@ class TrainParams:
     focal_gamma: float = 2.0
     balanced_sampling: bool = False
     early_stopping_patience: int = 5
+    plateau_patience: int = 2  # scheduler: plateau; epochs without a better val AUROC
     augment: AugmentParams = dataclasses.field(default_factory=AugmentParams)
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     num_workers: int = 0
+    threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
     deterministic: bool = True
     seed: int = 42
-    limit_train_batches: float = 1.0
-    limit_val_batches: float = 1.0
+    # small profiles: an int is a number of batches per epoch, a float a fraction of them
+    limit_train_batches: int | float = 1.0
+    limit_val_batches: int | float = 1.0
     compile: bool = False
 
 
@@ -118,7 +123,8 @@ class EvaluateParams:
     bootstrap: int = 1000
     seed: int = 0
     calibration_bins: int = 10
-    age_bands: list[int] = dataclasses.field(default_factory=lambda: [0, 40, 60, 200])
+    # band edges; the last band is closed ([60, 120]) and older ages (data errors) are unknown
+    age_bands: list[int] = dataclasses.field(default_factory=lambda: [0, 40, 60, 120])
     batch_size: int = 64
 
 
@@ -127,9 +133,27 @@ class CamParams:
     method: Literal["cam", "gradcam", "gradcam++"] = "cam"
     k: int = 8
     alpha: float = 0.4
-    threshold: float = 0.5
+    threshold: float = 0.5  # IoU/Dice: the map region is where it reaches this fraction of its max
+    pointing_tolerance: float = 0.067  # fraction of the side: 15 px at 224 (Zhang et al. 2016)
     bootstrap: int = 1000
-    seed: int = 0
+    seed: int = 0  # bootstrap resamples and the random-weights sanity network
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        checks = {
+            "k": self.k >= 0,
+            "alpha": 0.0 <= self.alpha <= 1.0,
+            "threshold": 0.0 < self.threshold <= 1.0,
+            "pointing_tolerance": 0.0 <= self.pointing_tolerance < 1.0,
+            "bootstrap": self.bootstrap >= 0,
+            "batch_size": self.batch_size >= 1,
+        }
+        bad = [f"cam.{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise ParamsError(
+                f"out of range: {', '.join(bad)} (k, bootstrap >= 0; alpha in [0, 1]; "
+                "threshold in (0, 1]; pointing_tolerance in [0, 1); batch_size >= 1)"
+            )
 
 
 SECTIONS: dict[str, type] = {

@@ -1,0 +1,90 @@
+"""Train stage: fit the classifier on data/processed, keep the best checkpoint, export model.pt."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from pneumo.data import XrayDataModule
+from pneumo.model import (
+    PneumoniaClassifier,
+    export_model,
+    fit,
+    network_from_checkpoint,
+    resolve_pos_weight,
+    write_curves,
+    write_json,
+)
+from pneumo.params import as_dict, load_section
+
+PROCESSED = Path("data/processed")
+MODEL_DIR = Path("data/model")
+METRICS = Path("metrics/train.json")
+PLOTS = Path("plots/train")
+
+
+def main() -> None:
+    p = load_section("train")
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    L.seed_everything(p.seed, workers=True)
+    dm = XrayDataModule(
+        PROCESSED,
+        batch_size=p.batch_size,
+        num_workers=p.num_workers,
+        balanced_sampling=p.balanced_sampling,
+        seed=p.seed,
+        augment=as_dict(p.augment),
+    )
+    module = PneumoniaClassifier(
+        arch=p.arch,
+        pretrained=p.pretrained,
+        weights_path=p.weights_path,
+        lr=p.lr,
+        weight_decay=p.weight_decay,
+        scheduler=p.scheduler,
+        max_epochs=p.max_epochs,
+        loss=p.loss,
+        pos_weight=resolve_pos_weight(p.pos_weight, dm.train_targets(), p.balanced_sampling),
+        focal_gamma=p.focal_gamma,
+        plateau_patience=p.plateau_patience,
+        last_stride=p.last_stride,
+    )
+    # dvclive empties its directory at start: give it a private one, keep only the curves
+    with tempfile.TemporaryDirectory(prefix="dvclive-") as live_dir:
+        result = fit(
+            module,
+            dm,
+            checkpoint_dir=MODEL_DIR / "checkpoints",
+            live_dir=live_dir,
+            max_epochs=p.max_epochs,
+            early_stopping_patience=p.early_stopping_patience,
+            accelerator=p.accelerator,
+            devices=p.devices,
+            strategy=p.strategy,
+            precision=p.precision,
+            deterministic=p.deterministic,
+            limit_train_batches=p.limit_train_batches,
+            limit_val_batches=p.limit_val_batches,
+            compile=p.compile,
+            progress_bar=sys.stdout.isatty(),
+        )
+        if not result.is_global_zero:  # DDP: the other processes only train
+            return
+        write_curves(live_dir, PLOTS)
+    write_json(METRICS, result.summary)
+    net, arch = network_from_checkpoint(result.best_checkpoint)
+    s = dm.stats
+    export_model(
+        MODEL_DIR / "model.pt", net, arch, s["image_size"], s["resize_mode"], dm.mean, dm.std
+    )
+    best = result.summary
+    print(f"best val AUROC {best['best_val_auroc']:.4f} at epoch {best['best_epoch']}")
+
+
+if __name__ == "__main__":
+    main()

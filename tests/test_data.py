@@ -1,0 +1,228 @@
+"""Memmap dataset, rank-aware samplers, batch augmentation and the DataModule."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from pneumo.data import (
+    DataError,
+    EpochSampler,
+    MemmapImages,
+    XrayDataModule,
+    augment_batch,
+    balanced_weights,
+    random_affine,
+    read_stats,
+    read_targets,
+    write_blob_dataset,
+)
+from pneumo.model import normalize
+
+AUG = dict(rotation_deg=10.0, translate=0.1, scale=0.1, brightness=0.2, contrast=0.2, hflip=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2 shared cores: OpenMP threads spinning against other processes make every op 5-10x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    return write_blob_dataset(
+        tmp_path_factory.mktemp("processed"), {"train": 40, "val": 13, "test": 7}, image_size=32
+    )
+
+
+def test_blob_dataset_follows_the_processed_contract(processed):
+    stats = json.loads((processed / "stats.json").read_text())
+    train = np.load(processed / "train.npy", mmap_mode="r")
+    assert train.dtype == np.uint8 and train.shape == (40, 32, 32)
+    assert stats["image_size"] == 32 and stats["resize_mode"] == "pad" and stats["n_train"] == 40
+    assert stats["mean"] == pytest.approx(train.mean() / 255)
+    assert stats["std"] == pytest.approx((np.asarray(train) / 255).std())
+    targets = read_targets(processed, "train")
+    assert set(np.unique(targets)) == {0, 1}
+    # positives carry the blob: brighter on average than negatives
+    peak = np.asarray(train).reshape(40, -1).max(1)
+    assert peak[targets == 1].mean() > peak[targets == 0].mean() + 20
+
+
+def test_read_stats_and_targets_name_the_problem(tmp_path):
+    with pytest.raises(DataError, match="stats.json not found"):
+        read_stats(tmp_path)
+    (tmp_path / "stats.json").write_text(json.dumps({"mean": 0.5, "image_size": 32}))
+    with pytest.raises(DataError, match="missing key.*std.*resize_mode"):
+        read_stats(tmp_path)
+    (tmp_path / "val.csv").write_text("patientId,target\na,0\nb,2\n")
+    with pytest.raises(DataError, match=r"val.csv: row 3: target must be 0 or 1, got 2"):
+        read_targets(tmp_path, "val")
+
+
+def test_memmap_dataset_items_and_errors(processed, tmp_path):
+    ds = MemmapImages(processed / "val.npy", read_targets(processed, "val"))
+    image, target = ds[3]
+    assert len(ds) == 13
+    assert image.dtype == torch.uint8 and image.shape == (32, 32)
+    assert torch.equal(image, torch.from_numpy(np.load(processed / "val.npy")[3]))
+    assert target.item() == read_targets(processed, "val")[3]
+    with pytest.raises(DataError, match="13 images but 12 rows"):
+        MemmapImages(processed / "val.npy", np.zeros(12))
+    np.save(tmp_path / "bad.npy", np.zeros((2, 4, 4), dtype=np.float32))
+    with pytest.raises(DataError, match=r"bad.npy: expected uint8 \(N, S, S\)"):
+        MemmapImages(tmp_path / "bad.npy", np.zeros(2))
+
+
+def test_memmap_is_reopened_per_process_and_never_pickled(processed):
+    ds = MemmapImages(processed / "train.npy", read_targets(processed, "train"))
+    ds[0]
+    assert isinstance(ds._arr, np.memmap)
+    # a pickled memmap would carry all 40 x 32 x 32 bytes; the dataset carries only its path
+    assert len(pickle.dumps(ds)) < 40 * 32 * 32
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._arr is None and torch.equal(clone[5][0], ds[5][0])
+    first = ds._arr
+    ds._pid = -1  # as seen from a forked worker: another pid
+    ds[0]
+    assert ds._arr is not first
+    # real worker processes read the same batches as the main process
+    loader = dict(batch_size=8, sampler=EpochSampler(len(ds), seed=3))
+    main = [b[0] for b in DataLoader(ds, **loader)]
+    workers = [b[0] for b in DataLoader(ds, num_workers=2, **loader)]
+    assert all(torch.equal(a, b) for a, b in zip(main, workers, strict=True))
+
+
+@pytest.mark.parametrize("n, world", [(13, 2), (13, 3), (5, 4), (8, 2)])
+def test_evaluation_shards_cover_every_sample_once(n, world):
+    shards = [list(EpochSampler(n, r, world, shuffle=False)) for r in range(world)]
+    assert sorted(sum(shards, [])) == list(range(n))  # no padding, no duplicates
+    assert [len(EpochSampler(n, r, world, shuffle=False)) for r in range(world)] == list(
+        map(len, shards)
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_training_shards_are_even_seeded_and_change_per_epoch(weighted):
+    n, world = 13, 2
+    weights = np.linspace(1, 2, n) if weighted else None
+
+    def epoch(e, seed=7):
+        samplers = [EpochSampler(n, r, world, seed=seed, weights=weights) for r in range(world)]
+        for s in samplers:
+            s.set_epoch(e)
+        return [list(s) for s in samplers]
+
+    shards = epoch(0)
+    assert [len(s) for s in shards] == [math.ceil(n / world)] * world  # equal steps per rank
+    assert epoch(0) == shards and epoch(1) != shards and epoch(0, seed=8) != shards
+    if not weighted:
+        assert set(sum(shards, [])) == set(range(n))
+
+
+def test_balanced_sampling_draws_both_classes_equally():
+    targets = np.array([0] * 90 + [1] * 10)
+    w = balanced_weights(targets)
+    assert w[0] == pytest.approx(1 / 90) and w[-1] == pytest.approx(1 / 10)
+    drawn = []
+    for e in range(20):
+        s = EpochSampler(100, seed=0, weights=w)
+        s.set_epoch(e)
+        drawn += list(s)
+    assert targets[drawn].mean() == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(DataError, match="both classes"):
+        balanced_weights(np.zeros(5))
+
+
+def _images(b=4, s=32, seed=0):
+    return torch.rand(b, 1, s, s, generator=torch.Generator().manual_seed(seed))
+
+
+def test_augment_is_deterministic_per_seed_and_keeps_shape():
+    x = _images()
+    a = augment_batch(x, torch.Generator().manual_seed(1), **AUG)
+    b = augment_batch(x, torch.Generator().manual_seed(1), **AUG)
+    c = augment_batch(x, torch.Generator().manual_seed(2), **AUG)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    with pytest.raises(ValueError, match=r"\(B, 1, S, S\)"):
+        augment_batch(x[:, 0], torch.Generator(), **AUG)
+
+
+def test_augment_with_zero_magnitudes_is_the_identity():
+    x = _images()
+    assert torch.equal(augment_batch(x, torch.Generator().manual_seed(0)), x)
+
+
+def test_hflip_alone_mirrors_about_half_the_images_exactly():
+    x = _images(b=64, s=16)
+    out = augment_batch(x, torch.Generator().manual_seed(0), hflip=True)
+    same = [torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x, strict=True)]
+    mirrored = [torch.allclose(o, i.flip(-1), atol=1e-5) for o, i in zip(out, x, strict=True)]
+    assert all(s != m for s, m in zip(same, mirrored, strict=True))  # each is one or the other
+    assert 16 < sum(mirrored) < 48
+
+
+def test_affine_parameters_stay_in_their_ranges():
+    g = torch.Generator().manual_seed(0)
+    rot = random_affine(200, g, rotation_deg=10.0)
+    angles = torch.rad2deg(torch.atan2(rot[:, 1, 0], rot[:, 0, 0]))
+    assert angles.abs().max() <= 10.0 + 1e-4 and angles.abs().max() > 8
+    assert torch.allclose(torch.linalg.det(rot[:, :, :2]), torch.ones(200), atol=1e-5)
+    zoom = random_affine(200, g, scale=0.2)[:, 0, 0]
+    assert zoom.min() >= 1 / 1.2 - 1e-6 and zoom.max() <= 1 / 0.8 + 1e-6
+    shift = random_affine(200, g, translate=0.1)[:, :, 2]
+    assert shift.abs().max() <= 0.2 + 1e-6 and shift.abs().max() > 0.15
+
+
+def test_translation_moves_a_blob_by_the_shift():
+    x = torch.zeros(1, 1, 64, 64)
+    x[0, 0, 28:36, 28:36] = 1.0
+    g = torch.Generator().manual_seed(5)
+    theta = random_affine(1, torch.Generator().manual_seed(5), translate=0.1)
+    out = augment_batch(x, g, translate=0.1)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    cx = (out[0, 0] * xs).sum() / out[0, 0].sum()
+    cy = (out[0, 0] * ys).sum() / out[0, 0].sum()
+    # theta maps output to input coords, so the content moves by -shift (in pixels: shift * 32)
+    assert cx.item() == pytest.approx(31.5 - theta[0, 0, 2].item() * 32, abs=0.05)
+    assert cy.item() == pytest.approx(31.5 - theta[0, 1, 2].item() * 32, abs=0.05)
+
+
+def test_datamodule_normalises_like_the_exported_model_and_augments_train_only(processed):
+    dm = XrayDataModule(processed, batch_size=8, seed=0, augment=AUG)
+    images, targets = next(iter(dm.val_dataloader()))
+    assert images.dtype == torch.uint8 and targets.dtype == torch.float32
+    expected = normalize(images, dm.mean, dm.std)
+    assert torch.equal(dm.transform_batch(images, train=False), expected)
+    assert torch.equal(dm.on_after_batch_transfer((images, targets), 0)[0], expected)
+    dm.trainer = SimpleNamespace(training=True, global_rank=0, world_size=1)
+    dm.setup("fit")
+    augmented = dm.on_after_batch_transfer((images, targets), 0)[0]
+    assert augmented.shape == expected.shape and not torch.equal(augmented, expected)
+    plain = XrayDataModule(processed, batch_size=8, augment={})
+    assert torch.equal(plain.transform_batch(images, train=True), expected)
+
+
+def test_datamodule_loaders(processed):
+    dm = XrayDataModule(processed, batch_size=8, seed=0)
+    train = list(dm.train_dataloader())
+    assert [len(b[1]) for b in train] == [8] * 5  # 40 images, last partial batch dropped
+    val = list(dm.val_dataloader())
+    assert [len(b[1]) for b in val] == [8, 5]
+    assert torch.equal(
+        torch.cat([b[0] for b in val]), torch.from_numpy(np.load(processed / "val.npy"))
+    )
+    assert len(dm.test_dataloader().dataset) == 7
+    assert list(dm.train_targets()) == list(read_targets(processed, "train"))

@@ -1,0 +1,190 @@
+"""The train stage end to end: outputs, determinism, interruption, and DDP on two CPU processes."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from pneumo.data import read_targets, write_blob_dataset
+from pneumo.model import load_exported, predict_proba
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "src" / "train.py"
+TIMING = ("train_time_s", "train_images_per_s")
+CURVES = [
+    "train_loss",
+    "train_lr",
+    "val_accuracy",
+    "val_auroc",
+    "val_f1",
+    "val_loss",
+    "val_precision",
+    "val_recall",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2 shared cores: OpenMP threads spinning against other processes make every op 5-10x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _project(path: Path, sizes: dict[str, int], **train) -> Path:
+    """A directory holding params.yaml (train section) and data/processed, as the stage sees it."""
+    write_blob_dataset(path / "data" / "processed", sizes, image_size=32, label_noise={"val": 0.2})
+    params = {"lr": 0.003, "max_epochs": 2, "batch_size": 16, "accelerator": "cpu", "devices": 1}
+    (path / "params.yaml").write_text(yaml.safe_dump({"train": params | train}))
+    return path
+
+
+def _env() -> dict[str, str]:
+    return os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _run_in_process(path: Path, monkeypatch) -> dict:
+    import train  # src/train.py: src is on sys.path through pyproject's pythonpath
+
+    monkeypatch.chdir(path)
+    train.main()
+    return json.loads((path / "metrics" / "train.json").read_text())
+
+
+def _val_auroc_of_export(path: Path) -> float:
+    exported = load_exported(path / "data" / "model" / "model.pt")
+    val = np.load(path / "data" / "processed" / "val.npy")
+    prob = predict_proba(exported.net, val, exported.mean, exported.std)
+    return roc_auc_score(read_targets(path / "data" / "processed", "val"), prob)
+
+
+def test_outputs_and_same_seed_gives_the_same_metrics(tmp_path, monkeypatch):
+    sizes = {"train": 64, "val": 31}
+    a = _run_in_process(_project(tmp_path / "a", sizes), monkeypatch)
+    b = _run_in_process(_project(tmp_path / "b", sizes), monkeypatch)
+    for key in TIMING:
+        assert a.pop(key) > 0 and b.pop(key) > 0
+    assert a == b  # to the last digit
+    for name in CURVES:
+        assert (tmp_path / "a" / "plots" / "train" / f"{name}.tsv").read_bytes() == (
+            tmp_path / "b" / "plots" / "train" / f"{name}.tsv"
+        ).read_bytes()
+
+    # metrics/train.json
+    assert set(a) == {"best_val_auroc", "best_epoch", "epochs", "max_epochs", "val_images", "last"}
+    assert (
+        a["epochs"] == a["max_epochs"] == 2 and a["best_epoch"] in (1, 2) and a["val_images"] == 31
+    )
+    assert set(a["last"]) == set(CURVES)
+    # plots/train: one TSV per curve, indexed by epoch
+    plots = tmp_path / "a" / "plots" / "train"
+    assert sorted(p.stem for p in plots.iterdir()) == CURVES
+    with (plots / "val_auroc.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[-1]["val_auroc"]) == pytest.approx(a["last"]["val_auroc"])
+    assert max(float(r["val_auroc"]) for r in rows) == pytest.approx(a["best_val_auroc"])
+    # the exported model is the best checkpoint: its AUROC on val is the best logged one
+    model = tmp_path / "a" / "data" / "model"
+    assert sorted(p.name for p in (model / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert _val_auroc_of_export(tmp_path / "a") == pytest.approx(a["best_val_auroc"], abs=1e-6)
+    exported = load_exported(model / "model.pt")
+    stats = json.loads((tmp_path / "a" / "data" / "processed" / "stats.json").read_text())
+    assert (exported.image_size, exported.resize_mode) == (32, "pad")
+    assert (exported.mean, exported.std) == (stats["mean"], stats["std"])
+
+
+def _wait(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"train.py ended early ({proc.returncode}):\n{proc.stdout.read()}")
+        if time.monotonic() > end:
+            proc.kill()
+            pytest.fail("train.py did not reach the expected point in time")
+        time.sleep(0.002)
+
+
+def _written_since(path: Path, t: float) -> bool:
+    return path.exists() and path.stat().st_mtime > t
+
+
+def _checkpoints_are_readable(ckpt_dir: Path) -> list[str]:
+    names = []
+    for p in sorted(ckpt_dir.glob("*.ckpt")):
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        assert "state_dict" in ckpt and "epoch" in ckpt, p
+        names.append(p.name)
+    return names
+
+
+def test_interrupted_training_keeps_good_checkpoints_and_a_rerun_completes(tmp_path):
+    project = _project(tmp_path, {"train": 48, "val": 16}, max_epochs=3, batch_size=8)
+    ckpt_dir = project / "data" / "model" / "checkpoints"
+    cmd = [sys.executable, str(SCRIPT)]
+    run = dict(cwd=project, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for sig in (signal.SIGINT, signal.SIGKILL):  # Ctrl-C, then a kill on top of what it left
+        proc = subprocess.Popen(cmd, **run)
+        try:
+            # wait until a checkpoint exists and the next one is mid-write (its temporary file
+            # exists beside it): that is when the signal arrives
+            started = time.time()
+            _wait(proc, functools.partial(_written_since, ckpt_dir / "best.ckpt", started))
+            _wait(proc, lambda: any(ckpt_dir.glob("*.tmp")))
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+            proc.stdout.close()
+        assert proc.returncode != 0
+        assert "best.ckpt" in _checkpoints_are_readable(ckpt_dir)
+        assert not (project / "data" / "model" / "model.pt").exists()
+        assert not (project / "metrics" / "train.json").exists()
+        if sig == signal.SIGINT:  # a Python-level interrupt cleans up its temporary file
+            assert not list(ckpt_dir.glob("*.tmp"))
+        else:  # the kill landed mid-write: the torn file is only the temporary one
+            assert list(ckpt_dir.glob("*.ckpt.*.tmp"))
+
+    done = subprocess.run(cmd, **run, timeout=180)
+    assert done.returncode == 0, done.stdout
+    assert _checkpoints_are_readable(ckpt_dir) == ["best.ckpt", "last.ckpt"]
+    assert not list(ckpt_dir.glob("*.tmp"))  # the rerun removed what the kill left
+    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    assert metrics["epochs"] == 3
+    assert load_exported(project / "data" / "model" / "model.pt").arch == "resnet18"
+
+
+def test_ddp_on_two_cpu_processes_validates_on_the_whole_val_set(tmp_path):
+    # 33 val images over 2 ranks: DistributedSampler would pad to 34 by repeating one
+    project = _project(
+        tmp_path, {"train": 48, "val": 33}, batch_size=8, devices=2, strategy="ddp", max_epochs=1
+    )
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        cwd=project,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout
+    assert "Starting with 2 processes" in done.stdout
+    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    assert metrics["val_images"] == 33
+    assert 0.5 < metrics["best_val_auroc"] < 1  # imperfect, so a duplicated sample would show
+    assert _val_auroc_of_export(project) == pytest.approx(metrics["best_val_auroc"], abs=1e-6)
