@@ -1,0 +1,201 @@
+"""A small web service around the exported model (FastAPI).
+
+    python src/serve.py                                   # http://127.0.0.1:8000
+    curl -F file=@scan.dcm http://127.0.0.1:8000/predict
+    curl -F file=@scan.dcm 'http://127.0.0.1:8000/predict?cam=true' -o heatmap.png
+    curl http://127.0.0.1:8000/health
+
+``POST /predict`` answers the JSON object of ``src/predict.py --json``; with ``?cam=true`` (or
+``POST /predict/cam``) the X-ray and its heat map as a PNG, the probability in ``X-Probability``.
+Refused requests get a 4xx and ``{"error": reason}``: 413 too large, 400 empty or malformed,
+415 not multipart, 422 not a readable image. Uploads are streamed to a private temporary
+directory under a name the service makes up, and deleted after the answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+# Before torch is imported: OpenMP threads that spin while waiting steal the cores from each
+# other and from the image decoders whenever anything else runs; sleeping threads made one
+# image's forward pass 30x and a batch 2x faster on a busy 2-core machine (bench/predict.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+from starlette.concurrency import run_in_threadpool  # noqa: E402
+
+from pneumo.dicom import ImageReadError  # noqa: E402
+from pneumo.predict import (  # noqa: E402
+    CAM_METHODS,
+    DEFAULT_MODEL,
+    EXIT_USAGE,
+    FORM_OVERHEAD,
+    Predictor,
+    UploadError,
+    UsageError,
+    load_model,
+    receive_upload,
+    resolve_operating_point,
+)
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # an uncompressed 16-bit 3000 x 3000 CR is ~18 MB
+log = logging.getLogger("pneumo.serve")
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        }
+    },
+}
+
+
+def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
+    # the body may be unread (413): closing the connection keeps the next request in sync
+    headers = {"Connection": "close"} if status == 413 else None
+    return JSONResponse({"error": reason, **extra}, status_code=status, headers=headers)
+
+
+def create_app(
+    model_path: Path = DEFAULT_MODEL,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    threshold: float | None = None,
+    operating_point: Path | None = None,
+    cam_method: str = "cam",
+) -> FastAPI:
+    """The app; the model is loaded once when it starts (raises ``UsageError`` early if absent)."""
+    if max_bytes < 1:
+        raise UsageError(f"max_bytes must be >= 1, got {max_bytes}")
+    if cam_method not in CAM_METHODS:
+        raise UsageError(f"unknown CAM method {cam_method!r}; choose {', '.join(CAM_METHODS)}")
+    op, note = resolve_operating_point(threshold, operating_point)
+    if note:
+        log.warning(note)
+    if not Path(model_path).is_file():
+        load_model(model_path)  # raises the UsageError that says how to get the model
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.predictor = Predictor(load_model(model_path), op, cam_method)
+        app.state.max_bytes = max_bytes
+        app.state.tmp_dir = Path(tempfile.mkdtemp(prefix="pneumo-serve-"))
+        try:
+            yield
+        finally:
+            shutil.rmtree(app.state.tmp_dir, ignore_errors=True)
+
+    app = FastAPI(title="Pneumonia detection", lifespan=lifespan)
+    app.get("/health")(health)
+    app.post("/predict", openapi_extra={"requestBody": _UPLOAD_BODY})(predict)
+    app.post("/predict/cam", openapi_extra={"requestBody": _UPLOAD_BODY})(predict_cam)
+    return app
+
+
+def health(request: Request) -> dict[str, Any]:
+    """Status and the identity of the loaded model."""
+    predictor: Predictor = request.app.state.predictor
+    return {
+        "status": "ok",
+        "model": {**predictor.identity, "sha256": predictor.model.sha256},
+        "threshold": predictor.op.threshold,
+        "threshold_source": predictor.op.source,
+        "cam_method": predictor.cam_method,
+        "max_bytes": request.app.state.max_bytes,
+    }
+
+
+async def predict(request: Request, cam: bool = False) -> Response:
+    """One uploaded file (multipart field ``file``) -> its JSON record, or the heat-map PNG."""
+    return await _handle(request, cam)
+
+
+async def predict_cam(request: Request) -> Response:
+    """One uploaded file -> the X-ray and its heat map as a PNG."""
+    return await _handle(request, True)
+
+
+async def _handle(request: Request, cam: bool) -> Response:
+    state = request.app.state
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > state.max_bytes + FORM_OVERHEAD:
+        return _error(
+            413, f"request of {length} bytes exceeds the upload limit of {state.max_bytes} bytes"
+        )
+    try:
+        upload = await receive_upload(
+            request.stream(),
+            request.headers.get("content-type"),
+            max_bytes=state.max_bytes,
+            tmp_dir=state.tmp_dir,
+        )
+    except UploadError as e:
+        return _error(e.status, e.reason)
+    predictor: Predictor = state.predictor
+    try:
+        rec, png = await run_in_threadpool(
+            predictor.predict_file, upload.path, upload.filename, cam
+        )
+    except ImageReadError as e:
+        # e.reason, not str(e): the temporary path means nothing to the client
+        return _error(422, e.reason, file=upload.filename)
+    except Exception:
+        log.exception("prediction failed for an upload of %d bytes", upload.size)
+        return _error(500, "internal error while predicting", file=upload.filename)
+    finally:
+        upload.path.unlink(missing_ok=True)
+    if png is None:
+        return JSONResponse(rec)
+    headers = {
+        "X-Probability": repr(rec["prob"]),
+        "X-Positive": str(rec["positive"]).lower(),
+        "X-Threshold": repr(rec["threshold"]),
+        "X-Model-Id": rec["model"]["id"],
+    }
+    return Response(png, media_type="image/png", headers=headers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="upload size limit")
+    p.add_argument("--threshold", type=float, help="decision threshold (overrides the file)")
+    p.add_argument("--operating-point", type=Path, help="default data/operating_point.json")
+    p.add_argument("--cam-method", choices=CAM_METHODS, default="cam")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        app = create_app(
+            args.model,
+            max_bytes=args.max_bytes,
+            threshold=args.threshold,
+            operating_point=args.operating_point,
+            cam_method=args.cam_method,
+        )
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    import uvicorn  # only when serving: the tests build the app without it
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""The predict command and its library: inputs, batching, decisions, heat maps, exit statuses, and
+the same probability as the preprocess + infer path for the same file."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+import predict as predict_script
+from pneumo import predict as pp
+from pneumo.cache import SPLIT_COLUMNS, build_cache, load_for_model
+from pneumo.model import build_network, export_model, predict_proba
+from pneumo.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64  # the tiny model's input: resnet18 gives 2 x 2 feature maps, enough for a heat map
+ZOO_CHEST = ("torchxrayvision", "Fake_MONOHR1", "CR-MONO1-10-chest", "RG1_J2KI", "RG1_JLSN")
+
+
+def write_dicom16(path: Path, seed: int = 0, rows: int = 80, cols: int = 96) -> Path:
+    """An uncompressed 16-bit MONOCHROME1 CR written with pydicom (a different path than RSNA's)."""
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((rows, cols)) * 3000).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    export_model(path, build_network("resnet18"), "resnet18", SIZE, "pad", 0.45, 0.25)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """RSNA-format DICOMs from the generator, a 16-bit DICOM, an RGB JPEG and a gray PNG."""
+    root = tmp_path_factory.mktemp("images")
+    generate(root / "raw", n_patients=4, image_size=192, seed=3, workers=1)
+    dcms = sorted((root / "raw" / "stage_2_train_images").glob("*.dcm"))
+    files = {f"rsna{i}": p for i, p in enumerate(dcms)}
+    files["dicom16"] = write_dicom16(root / "raw" / "ct16.dcm")
+    gray = pydicom.dcmread(dcms[0]).pixel_array
+    Image.fromarray(gray).resize((150, 120)).save(root / "raw" / "gray.png")
+    rgb = np.stack([gray, np.roll(gray, 5, axis=1), 255 - gray], axis=-1)
+    Image.fromarray(rgb).save(root / "raw" / "colour.jpg", quality=90)
+    files["png"], files["jpeg"] = root / "raw" / "gray.png", root / "raw" / "colour.jpg"
+    return files
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = predict_script.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def jsonl(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------
+# The consistency the issue asks for: preprocess + infer == the command line, to 1e-6
+
+
+def _write_split(path: Path, raw: Path, files: list[Path]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SPLIT_COLUMNS, restval="")
+        w.writeheader()
+        for i, file in enumerate(files):
+            rel = str(file.relative_to(raw))
+            w.writerow(
+                {"patientId": file.stem, "groupId": file.stem, "image": rel, "target": i % 2}
+            )
+            # (class, view, sex and age stay empty; boxes empty means none)
+
+
+def test_cli_reports_the_probability_of_the_preprocessed_cache(
+    tmp_path, images, model_path, capsys
+):
+    raw = images["png"].parent
+    files = sorted(images.values())
+    split = tmp_path / "split"
+    split.mkdir()
+    for name in ("train", "val"):
+        _write_split(split / f"{name}.csv", raw, files[:2])
+    _write_split(split / "test.csv", raw, files)
+    processed = tmp_path / "processed"
+    build_cache(
+        raw,
+        split,
+        processed,
+        image_size=SIZE,
+        resize_mode="pad",
+        max_rejected_fraction=0.0,
+        workers=1,
+        progress=False,
+    )
+    cached = np.load(processed / "test.npy", mmap_mode="r")
+    model = pp.load_model(model_path)
+    expected = predict_proba(model.net, cached, model.mean, model.std, batch_size=4)
+
+    # the real command, in a new process, as a person runs it
+    cmd = [sys.executable, "src/predict.py", *map(str, files), "--model", str(model_path)]
+    done = subprocess.run([*cmd, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = {r["file"]: r["prob"] for r in jsonl(done.stdout)}
+    assert list(got) == [str(f) for f in files]
+    np.testing.assert_allclose([got[str(f)] for f in files], expected, rtol=0, atol=1e-6)
+    # the probabilities differ between files, so the comparison could fail
+    assert np.ptp(expected) > 1e-4
+
+    # with heat maps the probability comes from the CAM forward pass: still the same
+    code = predict_script.main(
+        [*cmd[2:], "--json", "--cam", str(tmp_path / "cams"), "--batch-size", "3"]
+    )
+    assert code == 0
+    probs = [r["prob"] for r in jsonl(capsys.readouterr().out)]
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+
+
+def test_batching_and_workers_do_not_change_results(images, model_path):
+    model = pp.load_model(model_path)
+    files = sorted(images.values())
+    bad = files[0].parent / "broken.dcm"
+    bad.write_bytes(b"DICM but not really")
+    files = [files[0], bad, *files[1:]]
+    runs = [
+        list(pp.predict_files(model, files, batch_size=b, workers=w))
+        for b, w in ((2, 0), (3, 2), (64, 1))
+    ]
+    for results in runs:
+        assert [r.file for r in results] == [str(f) for f in files]
+        assert isinstance(results[1], pp.Failure) and "broken.dcm" in results[1].file
+    probs = [[r.prob for r in res if isinstance(r, pp.Prediction)] for res in runs]
+    np.testing.assert_allclose(probs[1], probs[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(probs[2], probs[0], rtol=0, atol=1e-6)
+    one = load_for_model(files[0], SIZE, "pad")[None]
+    assert probs[0][0] == pytest.approx(
+        predict_proba(model.net, one, model.mean, model.std)[0], abs=1e-6
+    )
+
+
+def test_load_images_prefetch_is_bounded_and_ordered(images):
+    files = sorted(images.values()) * 5
+    seen = [f for f, _ in pp.load_images(files, SIZE, "pad", workers=2, prefetch=3)]
+    assert seen == files
+    gen = pp.load_images(files, SIZE, "pad", workers=2, prefetch=3)
+    next(gen)
+    gen.close()  # stopping early cancels the rest instead of decoding everything
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_text_output_and_exit_status_zero(images, model_path, tmp_path, capsys):
+    code, out, err = run_cli([images["rsna0"], images["png"], "--model", model_path], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{images['rsna0']}: p=0.")
+    model_id = pp.model_identity(pp.load_model(model_path))["id"]
+    assert f"model {model_id} resnet18 {SIZE}px" in lines[0]
+    assert "at 0.5:" in lines[0] and "at 0.25:" in lines[0]
+    assert "2 predicted, 0 failed" in err
+
+
+def test_json_records_have_stable_keys_and_consistent_decisions(images, model_path, capsys):
+    code, out, _ = run_cli([*images.values(), "--model", model_path, "--json"], capsys)
+    assert code == 0
+    recs = jsonl(out)
+    assert len(recs) == len(images)
+    keys = {"file", "prob", "positive", "threshold", "threshold_source", "decisions", "model"}
+    for r in recs:
+        assert set(r) == keys | {"cam", "notes"}
+        assert set(r["decisions"]) == {"operating_point", "0.5", "0.25"}
+        assert r["decisions"]["0.5"] == (r["prob"] >= 0.5)
+        assert r["decisions"]["0.25"] == (r["prob"] >= 0.25)
+        assert r["positive"] == r["decisions"]["operating_point"] == (r["prob"] >= r["threshold"])
+        assert set(r["model"]) == {"id", "arch", "image_size", "resize_mode"}
+        assert len(r["model"]["id"]) == 12 and r["model"]["image_size"] == SIZE
+    colour = next(r for r in recs if r["file"].endswith("colour.jpg"))
+    assert any("grayscale" in n for n in colour["notes"])
+
+
+def test_unreadable_files_get_a_line_and_exit_one(images, model_path, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.dcm"
+    empty.touch()
+    args = [images["rsna0"], text, empty, tmp_path / "missing.png", images["png"]]
+    code, out, err = run_cli([*args, "--model", model_path], capsys)
+    assert code == 1
+    assert len(out.splitlines()) == 2  # the two good files are still predicted
+    assert f"{text}: error: not a DICOM, PNG or JPEG file" in err
+    assert f"{empty}: error: empty file" in err
+    assert "missing.png: error: no such file or directory" in err
+    assert "2 predicted, 3 failed" in err
+
+    code, out, _ = run_cli([*args, "--model", model_path, "--json"], capsys)
+    assert code == 1
+    recs = jsonl(out)
+    errors = {r["file"]: r["error"] for r in recs if "error" in r}
+    assert set(errors) == {str(text), str(empty), str(tmp_path / "missing.png")}
+    assert all(set(r) == {"file", "error"} for r in recs if "error" in r)
+    assert sum("prob" in r for r in recs) == 2
+
+
+def test_folders_are_recursive_and_skip_non_images(images, model_path, tmp_path, capsys):
+    root = tmp_path / "scans"
+    (root / "a" / "deeper").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    shutil.copy(images["rsna0"], root / "a" / "x.dcm")
+    shutil.copy(images["rsna1"], root / "a" / "deeper" / "noext")  # DICM marker, no suffix
+    shutil.copy(images["png"], root / "b.PNG")
+    shutil.copy(images["png"], root / ".hidden" / "c.png")
+    (root / "README.md").write_text("# scans")
+    (root / "a" / "labels.csv").write_text("x,y")
+    (root / "a" / "data.bin").write_bytes(b"\0" * 300)
+    inputs = pp.find_images([root])
+    assert inputs.files == [root / "a" / "deeper" / "noext", root / "a" / "x.dcm", root / "b.PNG"]
+    assert inputs.skipped == 3 and inputs.errors == []  # hidden folders are not entered
+
+    code, out, err = run_cli([root, "--model", model_path], capsys)
+    assert code == 0
+    assert len(out.splitlines()) == 3
+    assert "3 predicted, 0 failed, 3 non-image files skipped" in err
+
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    (empty / "a.txt").write_text("x")
+    code, _, err = run_cli([empty, "--model", model_path], capsys)
+    assert code == 1 and "no DICOM, PNG or JPEG files (1 other files)" in err
+
+
+def test_missing_model_and_usage_errors_exit_two(images, tmp_path, capsys, model_path):
+    code, out, err = run_cli([images["png"], "--model", tmp_path / "none.pt"], capsys)
+    assert code == 2 and out == ""
+    assert "none.pt not found" in err and "dvc repro" in err and "dvc pull" in err
+
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(model_path.read_bytes()[:1000])
+    code, _, err = run_cli([images["png"], "--model", torn], capsys)
+    assert code == 2 and "cannot load the model" in err
+
+    for bad in (["--threshold", "1.5"], ["--batch-size", "0"], ["--cam-method", "x"], []):
+        with pytest.raises(SystemExit) as exc:
+            predict_script.main([*([str(images["png"])] if bad else []), *bad])
+        assert exc.value.code == 2
+    capsys.readouterr()
+
+
+def test_operating_point_file_threshold_flag_and_fallback(images, model_path, tmp_path, capsys):
+    f = images["rsna0"]
+    code, out, err = run_cli([f, "--model", model_path, "--json"], capsys)
+    prob = jsonl(out)[0]["prob"]
+
+    # a threshold just above / at the probability: the decision flips exactly at p >= t
+    op = tmp_path / "op.json"
+    for t, positive in ((prob + 1e-9, False), (prob, True)):
+        op.write_text(json.dumps({"threshold": t, "target_sensitivity": 0.9, "method": "x"}))
+        code, out, _ = run_cli(
+            [f, "--model", model_path, "--json", "--operating-point", op], capsys
+        )
+        rec = jsonl(out)[0]
+        assert code == 0 and rec["threshold"] == t and rec["positive"] is positive
+        assert rec["threshold_source"] == f"{op}, target sensitivity 0.9"
+
+    code, out, _ = run_cli(
+        [f, "--model", model_path, "--json", "--operating-point", op, "--threshold", "0.01"], capsys
+    )
+    rec = jsonl(out)[0]
+    assert rec["threshold"] == 0.01 and rec["positive"] and rec["threshold_source"] == "--threshold"
+
+    op_missing, note = pp.resolve_operating_point(None, None, default_path=tmp_path / "no.json")
+    assert op_missing.threshold == 0.5 and "no.json not found" in note
+
+    code, _, err = run_cli([f, "--model", model_path, "--operating-point", tmp_path / "x"], capsys)
+    assert code == 2 and "not found" in err
+    op.write_text('{"threshold": "high"}')
+    code, _, err = run_cli([f, "--model", model_path, "--operating-point", op], capsys)
+    assert code == 2 and "threshold must be a number in [0, 1]" in err
+
+
+def test_cam_pngs_are_side_by_side_and_collision_safe(images, model_path, tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    shutil.copy(images["rsna0"], src / "a" / "x.dcm")
+    shutil.copy(images["rsna1"], src / "b" / "x.dcm")
+    shutil.copy(images["png"], src / "x.png")
+    out_dir = tmp_path / "cams"
+    code, out, _ = run_cli(
+        [src, "--model", model_path, "--cam", out_dir, "--json", "--cam-method", "gradcam"], capsys
+    )
+    assert code == 0
+    recs = jsonl(out)
+    names = [Path(r["cam"]).name for r in recs]
+    assert names == ["x.cam.png", "x-2.cam.png", "x-3.cam.png"]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(names)  # no temporary leftovers
+    with Image.open(out_dir / "x.cam.png") as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        rgb = np.asarray(im)
+    side = pp.CAM_PANEL
+    assert rgb.shape[1] == 2 * side + 4 and rgb.shape[0] > side
+    left, right = rgb[:side, :side].astype(int), rgb[:side, side + 4 :].astype(int)
+    assert (left[..., 0] == left[..., 2]).all()  # the X-ray half is gray
+    assert np.abs(right[..., 0] - right[..., 2]).mean() > 5  # the heat-map half is coloured
+
+
+def test_cam_names_and_display_names():
+    files = [
+        Path("a/X.dcm"),
+        Path("b/x.dcm"),
+        Path("x.png"),
+        Path("we ird;$(rm).dcm"),
+        Path(".dcm"),
+    ]
+    assert pp.cam_names(files) == [
+        "X.cam.png",
+        "x-2.cam.png",
+        "x-3.cam.png",
+        "we_ird_rm.cam.png",
+        "dcm.cam.png",
+    ]
+    assert pp.display_name("../../etc/passwd") == "passwd"
+    assert pp.display_name("C:\\Users\\a\\scan.dcm") == "scan.dcm"
+    assert pp.display_name("") == "upload" and pp.display_name("..") == "upload"
+
+
+# ----------------------------------------------------------------------------------------------
+# Upload spooling (the service's side, without HTTP)
+
+
+def _multipart(payload: bytes, name: str = "file", filename: str = "a.dcm") -> tuple[bytes, str]:
+    b = "testboundary42"
+    body = (
+        (
+            f'--{b}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
+            f'--{b}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{b}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={b}"
+
+
+def _receive(body: bytes, ctype: str, tmp_dir: Path, max_bytes: int, chunk: int = 7) -> pp.Upload:
+    async def chunks():
+        for start in range(0, len(body), chunk):
+            yield body[start : start + chunk]
+
+    return asyncio.run(pp.receive_upload(chunks(), ctype, max_bytes=max_bytes, tmp_dir=tmp_dir))
+
+
+def test_receive_upload_streams_to_a_temp_file_and_enforces_limits(tmp_path):
+    payload = bytes(range(256)) * 4
+    body, ctype = _multipart(payload, filename="../../etc/passwd.png")
+    up = _receive(body, ctype, tmp_path, max_bytes=len(payload))
+    assert up.path.parent == tmp_path and up.path.read_bytes() == payload
+    assert up.filename == "passwd.png" and up.size == len(payload) and up.path.suffix == ".png"
+    up.path.unlink()
+
+    cases = [
+        (_multipart(payload), len(payload) - 1, 413),
+        (_multipart(b""), 100, 400),
+        (_multipart(payload, name="other"), 10_000, 400),
+        ((body[:-20], ctype), 10_000, 400),  # no closing boundary
+        ((body, "application/json"), 10_000, 415),
+        ((body, "multipart/form-data"), 10_000, 415),  # no boundary
+    ]
+    for (b, ct), limit, status in cases:
+        with pytest.raises(pp.UploadError) as exc:
+            _receive(b, ct, tmp_path, max_bytes=limit)
+        assert exc.value.status == status, exc.value.reason
+    assert list(tmp_path.iterdir()) == []  # nothing left behind on any refusal
+
+    two = _multipart(payload)[0].replace(b"--testboundary42--", b"--testboundary42")
+    two += b'Content-Disposition: form-data; name="file"; filename="b"\r\n\r\n'
+    two += b"xx\r\n--testboundary42--\r\n"
+    with pytest.raises(pp.UploadError, match="more than one"):
+        _receive(two, ctype, tmp_path, max_bytes=10_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Real files
+
+
+def test_predicts_real_chest_images(real_cxr, model_path, capsys):
+    code, out, err = run_cli([real_cxr, "--model", model_path, "--json"], capsys)
+    recs = jsonl(out)
+    assert code == 0, err
+    assert len(recs) >= 5 and all(0 <= r["prob"] <= 1 for r in recs)
+
+
+def test_predicts_real_chest_dicoms_of_the_zoo(dicom_zoo, model_path, capsys):
+    with (dicom_zoo / "zoo.csv").open() as f:
+        names = [r["file"] for r in csv.DictReader(f) if any(k in r["file"] for k in ZOO_CHEST)]
+    assert len(names) == len(ZOO_CHEST)
+    code, out, err = run_cli(
+        [*(dicom_zoo / n for n in names), "--model", model_path, "--json"], capsys
+    )
+    assert code == 0, err
+    recs = jsonl(out)
+    assert [r["file"] for r in recs] == [str(dicom_zoo / n) for n in names]
+    assert all(0 <= r["prob"] <= 1 for r in recs)

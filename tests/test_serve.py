@@ -1,0 +1,266 @@
+"""The web service: its logic through FastAPI's TestClient, then a real uvicorn process on
+127.0.0.1 answering real HTTP requests."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pneumo import predict as pp
+from pneumo.cache import load_for_model
+from pneumo.model import build_network, export_model, predict_proba
+from pneumo.synthetic import generate
+from serve import create_app
+from serve import main as serve_main
+from test_predict import write_dicom16
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64
+MAX_BYTES = 200_000
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    export_model(path, build_network("resnet18"), "resnet18", SIZE, "pad", 0.45, 0.25)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("uploads")
+    generate(root / "raw", n_patients=1, image_size=256, seed=5, workers=1)
+    rsna = next((root / "raw" / "stage_2_train_images").glob("*.dcm"))
+    png = root / "scan.png"
+    gray = (np.add.outer(np.arange(90), np.arange(110)) % 256).astype(np.uint8)
+    Image.fromarray(gray).save(png)
+    return {"dicom": rsna, "dicom16": write_dicom16(root / "cr16.dcm", seed=2), "png": png}
+
+
+@pytest.fixture(scope="module")
+def client(model_path):
+    app = create_app(model_path, max_bytes=MAX_BYTES, threshold=0.3)
+    with TestClient(app) as c:  # runs the lifespan: the model is loaded once here
+        yield c
+
+
+def _upload(path: Path, name: str | None = None) -> dict:
+    return {"file": (name or path.name, path.read_bytes(), "application/octet-stream")}
+
+
+def _expected_prob(model_path: Path, path: Path) -> float:
+    model = pp.load_model(model_path)
+    img = load_for_model(path, model.image_size, model.resize_mode)[None]
+    return float(predict_proba(model.net, img, model.mean, model.std)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Logic (TestClient)
+
+
+def test_health_names_the_model(client, model_path):
+    body = client.get("/health").json()
+    model = pp.load_model(model_path)
+    assert body["status"] == "ok"
+    assert body["model"]["sha256"] == model.sha256 and body["model"]["id"] == model.sha256[:12]
+    assert body["model"]["arch"] == "resnet18" and body["model"]["image_size"] == SIZE
+    assert body["threshold"] == 0.3 and body["max_bytes"] == MAX_BYTES
+
+
+def test_predict_answers_the_command_line_record(client, files, model_path, capsys):
+    import predict as predict_script
+
+    r = client.post("/predict", files=_upload(files["dicom"]))
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["prob"] == pytest.approx(_expected_prob(model_path, files["dicom"]), abs=1e-6)
+    assert body["file"] == files["dicom"].name
+    assert body["threshold"] == 0.3 and body["positive"] == (body["prob"] >= 0.3)
+
+    code = predict_script.main(
+        [str(files["dicom"]), "--model", str(model_path), "--json", "--threshold", "0.3"]
+    )
+    cli = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert set(body) == set(cli)
+    for key in ("prob", "positive", "threshold", "threshold_source", "decisions", "model"):
+        assert body[key] == pytest.approx(cli[key]) if key == "prob" else body[key] == cli[key]
+
+
+def test_cam_returns_a_png_by_query_and_by_route(client, files, model_path):
+    expected = _expected_prob(model_path, files["png"])
+    for url in ("/predict?cam=true", "/predict/cam"):
+        r = client.post(url, files=_upload(files["png"]))
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert float(r.headers["x-probability"]) == pytest.approx(expected, abs=1e-6)
+        with Image.open(io.BytesIO(r.content)) as im:
+            assert im.format == "PNG" and im.size[0] == 2 * pp.CAM_PANEL + 4
+
+
+def test_refusals_carry_a_reason(client):
+    cases = [
+        ({"file": ("empty.dcm", b"")}, 400, "empty file"),
+        ({"file": ("notes.txt", b"just some text")}, 422, "not a DICOM, PNG or JPEG"),
+        ({"file": ("fake.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 50)}, 422, "cannot decode"),
+        ({"image": ("a.dcm", b"abc")}, 400, "no file in the form field 'file'"),
+    ]
+    for files, status, reason in cases:
+        r = client.post("/predict", files=files)
+        assert r.status_code == status, r.text
+        assert reason in r.json()["error"]
+    r = client.post("/predict", json={"file": "x"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+    assert list(client.app.state.tmp_dir.iterdir()) == []
+
+
+def test_oversized_uploads_are_cut_off(client):
+    big = os.urandom(MAX_BYTES + 1)
+    r = client.post("/predict", files={"file": ("big.dcm", big)})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+    # no Content-Length (chunked): the stream is read only up to the limit
+    def body():
+        yield b"--b\r\nContent-Disposition: form-data; name=file; filename=x\r\n\r\n"
+        for _ in range(100):  # 6.4 MB offered, at most ~200 kB read
+            yield b"\0" * 65536
+
+    r = client.post(
+        "/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert r.status_code == 413 and str(MAX_BYTES) in r.json()["error"]
+    assert list(client.app.state.tmp_dir.iterdir()) == []
+
+
+def test_client_file_names_never_become_paths(client, files):
+    for name in ("../../etc/passwd", "../../../tmp/pwned.png", "/etc/shadow", "a\0b.dcm", ".."):
+        r = client.post("/predict", files=_upload(files["png"], name))
+        assert r.status_code == 200, r.text
+        assert "/" not in r.json()["file"] and "\\" not in r.json()["file"]
+    assert not Path("/tmp/pwned.png").exists()
+    assert list(client.app.state.tmp_dir.iterdir()) == []
+
+
+def test_concurrent_requests_are_all_answered(client, files, model_path):
+    expected = _expected_prob(model_path, files["dicom"])
+    with ThreadPoolExecutor(8) as pool:
+        res = list(
+            pool.map(lambda _: client.post("/predict", files=_upload(files["dicom"])), range(8))
+        )
+    assert [r.status_code for r in res] == [200] * 8
+    assert all(r.json()["prob"] == pytest.approx(expected, abs=1e-6) for r in res)
+
+
+def test_missing_model_is_a_usage_error(tmp_path, capsys):
+    assert serve_main(["--model", str(tmp_path / "none.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "none.pt not found" in err and "dvc repro" in err and "dvc pull" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Real HTTP against a uvicorn process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_path, tmp_path_factory):
+    """``python src/serve.py`` on a free port; yields (base URL, its private TMPDIR)."""
+    port = _free_port()
+    tmp = tmp_path_factory.mktemp("server-tmp")
+    log = tmp_path_factory.mktemp("server-log") / "serve.log"
+    cmd = [sys.executable, "src/serve.py", "--model", str(model_path), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--max-bytes", str(MAX_BYTES), "--threshold", "0.3"]
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve.py exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve.py did not answer /health:\n{log.read_text()}")
+            time.sleep(0.25)
+        yield url, tmp
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    # the lifespan removed its upload directory on shutdown
+    assert [p.name for p in tmp.iterdir()] == []
+
+
+def test_real_http_requests(server, files, model_path):
+    url, tmp = server
+    with httpx.Client(base_url=url, timeout=60) as http:
+        health = http.get("/health").json()
+        assert health["status"] == "ok" and health["max_bytes"] == MAX_BYTES
+
+        for key in ("dicom", "dicom16", "png"):
+            r = http.post("/predict", files=_upload(files[key]))
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["prob"] == pytest.approx(_expected_prob(model_path, files[key]), abs=1e-6)
+            assert body["model"]["id"] == health["model"]["id"]
+
+        r = http.post("/predict?cam=true", files=_upload(files["dicom"]))
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert r.content.startswith(b"\x89PNG")
+
+        r = http.post("/predict", files={"file": ("empty.png", b"")})
+        assert r.status_code == 400 and "empty" in r.json()["error"]
+        r = http.post("/predict", files={"file": ("readme.txt", b"hello, not an X-ray")})
+        assert r.status_code == 422 and "not a DICOM, PNG or JPEG" in r.json()["error"]
+        assert r.json()["file"] == "readme.txt"
+
+        r = http.post("/predict", files=_upload(files["png"], "../../etc/passwd"))
+        assert r.status_code == 200 and r.json()["file"] == "passwd"
+
+    # oversized, on fresh connections (the server closes after a 413)
+    r = httpx.post(f"{url}/predict", files={"file": ("big.dcm", os.urandom(3 * MAX_BYTES))})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+    def chunked():
+        yield b"--b\r\nContent-Disposition: form-data; name=file; filename=x.dcm\r\n\r\n"
+        for _ in range(8):
+            yield os.urandom(50_000)
+
+    r = httpx.post(
+        f"{url}/predict",
+        content=chunked(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+        timeout=60,
+    )
+    assert r.status_code == 413
+
+    # every upload was spooled inside the server's own temporary directory and deleted
+    (upload_dir,) = tmp.iterdir()
+    assert upload_dir.name.startswith("pneumo-serve-") and list(upload_dir.iterdir()) == []
