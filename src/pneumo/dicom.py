@@ -493,9 +493,11 @@ def _read_pillow(path: Path, notes: list[str]) -> np.ndarray:
             if getattr(im, "n_frames", 1) > 1:
                 notes.append(f"{im.n_frames} frames: the first one is used")
             im.load()
+            # Pillow returns a copy even when there is nothing to turn: read the tag itself
+            orientation = im.getexif().get(0x0112, 1)
             upright = ImageOps.exif_transpose(im)
-            if upright is not im:
-                notes.append("EXIF orientation applied")
+            if orientation not in (1, None):
+                notes.append(f"EXIF orientation {orientation} applied")
             return _pil_to_uint8(upright, notes)
     except ImageReadError:
         raise
