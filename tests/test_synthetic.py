@@ -7,6 +7,7 @@ import csv
 import hashlib
 import re
 import uuid
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -267,8 +268,6 @@ def test_global_statistics_do_not_give_the_answer() -> None:
 def test_write_kaggle_zip_is_deterministic(raw: Path, tmp_path: Path) -> None:
     a = synthetic.write_kaggle_zip(raw, tmp_path / "a" / synthetic.KAGGLE_ZIP_NAME)
     b = synthetic.write_kaggle_zip(raw, tmp_path / "b" / synthetic.KAGGLE_ZIP_NAME)
-    import zipfile
-
     with zipfile.ZipFile(a) as za, zipfile.ZipFile(b) as zb:
         assert za.namelist() == zb.namelist()
         assert all(za.read(n) == zb.read(n) for n in za.namelist())

@@ -1,0 +1,216 @@
+"""End to end: the real `dvc` CLI on a tiny profile in a temporary git repository.
+
+One repository is built per module and the tests run in file order against it, each leaving it
+in a committed, reproduced state: repro and no-op repro, an experiment, a queued sweep, diffs
+between commits, and a shared remote with the run-cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+# Small enough for seconds per stage, large enough that every split has both classes.
+TINY = {
+    "data": {"synthetic": {"n_patients": 160, "image_size": 128, "workers": 2}},
+    "preprocess": {"image_size": 32, "workers": 2},
+    "train": {"max_epochs": 1, "batch_size": 16, "lr": 1e-3},
+    "evaluate": {"bootstrap": 50},
+    "cam": {"k": 2, "bootstrap": 50},
+}
+UPSTREAM = ("download", "split", "preprocess")
+DOWNSTREAM = ("train", "infer", "evaluate", "cam")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Stage commands say `python`: make it the interpreter running the tests.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "e2e"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "e2e@example.com"
+    return env
+
+
+def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command, failing the test with its output when it fails."""
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(cwd, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def ran_stages(output: str) -> set[str]:
+    """Stages that `dvc repro` / `dvc exp run` actually executed (not restored, not skipped)."""
+    return {
+        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
+    }
+
+
+def set_params(repo: Path, override: dict) -> None:
+    path = repo / "params.yaml"
+    params = _merge(yaml.safe_load(path.read_text()), override)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def commit(repo: Path, message: str) -> None:
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-q", "-m", message)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project copied into a fresh git + dvc repository with the tiny profile, reproduced."""
+    repo = tmp_path_factory.mktemp("e2e") / "project"
+    repo.mkdir()
+    for name in ("src", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, repo / name)
+    set_params(repo, TINY)
+    run(repo, "git", "init", "-q", "-b", "main")
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.autostage", "true")
+    commit(repo, "tiny profile")
+    return repo
+
+
+def test_repro_runs_every_stage_then_nothing(repo: Path) -> None:
+    out = dvc(repo, "repro").stdout
+    assert ran_stages(out) == set(UPSTREAM + DOWNSTREAM), out
+    for path in (
+        "data/raw",
+        "data/split",
+        "data/processed",
+        "data/model/model.pt",
+        "data/predictions",
+        "metrics/eval.json",
+        "metrics/cam.json",
+        "plots/cam",
+    ):
+        assert (repo / path).exists(), path
+    status = dvc(repo, "status", "--json").stdout
+    assert json.loads(status) == {}, status
+    again = dvc(repo, "repro").stdout
+    assert ran_stages(again) == set(), again
+    assert "up to date" in again
+    commit(repo, "reproduce the tiny profile")
+
+
+def test_exp_run_reruns_only_training_and_after(repo: Path) -> None:
+    out = dvc(repo, "exp", "run", "-n", "lr3e-4", "-S", "train.lr=3e-4").stdout
+    assert ran_stages(out) == set(DOWNSTREAM), out
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    runs = _experiment_runs(shown)
+    lrs = {r["params"]["train"]["lr"] for r in runs}
+    assert {0.001, 0.0003} <= lrs, lrs
+    aurocs = {r["metrics"]["test"]["auroc"] for r in runs}
+    assert len(aurocs) >= 2, f"the experiment's test AUROC equals the baseline's: {aurocs}"
+
+
+def test_queued_sweep_completes(repo: Path) -> None:
+    dvc(repo, "exp", "run", "--queue", "-S", "train.lr=1e-4,2e-3")
+    dvc(repo, "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 480
+    while time.monotonic() < deadline:
+        status = dvc(repo, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    else:
+        pytest.fail(f"queue did not finish:\n{status}")
+    assert "Failed" not in status, dvc(repo, "queue", "logs", "--help", check=False).stdout + status
+    runs = _experiment_runs(json.loads(dvc(repo, "exp", "show", "--json").stdout))
+    lrs = {r["params"]["train"]["lr"] for r in runs}
+    assert {0.0001, 0.002} <= lrs, lrs
+
+
+def test_diffs_between_commits(repo: Path) -> None:
+    set_params(repo, {"train": {"lr": 2e-3}, "evaluate": {"thresholds": [0.5, 0.25, 0.1]}})
+    out = dvc(repo, "repro").stdout
+    assert not (ran_stages(out) & set(UPSTREAM)), out
+    commit(repo, "lr 2e-3, one more threshold")
+    params = json.loads(dvc(repo, "params", "diff", "HEAD~1", "--json").stdout)
+    lr = params["params.yaml"]["train.lr"]
+    assert (lr["old"], lr["new"]) == (0.001, 0.002), lr
+    metrics = json.loads(dvc(repo, "metrics", "diff", "HEAD~1", "--json").stdout)
+    changed = metrics["metrics/eval.json"]
+    assert "test.auroc" in changed and "test.t010.recall" in changed, sorted(changed)
+    md = dvc(repo, "metrics", "diff", "HEAD~1", "--md").stdout
+    assert "test.auroc" in md
+    page = repo / "plots_diff"
+    proc = dvc(repo, "plots", "diff", "HEAD~1", "-o", str(page))
+    assert (page / "index.html").is_file(), proc.stdout + proc.stderr
+    assert "WARNING" not in proc.stderr, proc.stderr
+
+
+def test_shared_remote_and_run_cache(repo: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "-d", "shared", str(remote))
+    commit(repo, "shared remote")
+    dvc(repo, "push", "--run-cache")
+
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    dvc(clone, "pull")
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+    again = dvc(clone, "repro").stdout
+    assert ran_stages(again) == set(), again
+
+    # A teammate's params combination that the first repository already ran (HEAD~2's lr):
+    # restored from the run-cache instead of recomputed.
+    dvc(clone, "pull", "--run-cache")
+    set_params(clone, {"train": {"lr": 1e-3}, "evaluate": {"thresholds": [0.5, 0.25]}})
+    out = dvc(clone, "repro").stdout
+    # evaluate (seconds) is not run-cached: DVC skips stages with uncached non-plot outputs
+    assert ran_stages(out) <= {"evaluate"}, out
+    for stage in ("train", "infer", "cam"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in out, out
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+
+
+def _experiment_runs(shown: list[dict]) -> list[dict]:
+    """Flatten `dvc exp show --json` into the data dicts of the workspace, baseline and each exp."""
+    runs = []
+
+    def data_of(entry: dict) -> dict | None:
+        data = entry.get("data") or {}
+        params = (data.get("params") or {}).get("params.yaml", {}).get("data")
+        metrics = (data.get("metrics") or {}).get("metrics/eval.json", {}).get("data")
+        if params and metrics:
+            return {"params": params, "metrics": metrics}
+        return None
+
+    for rev in shown:
+        for entry in [rev] + [
+            e for exp in rev.get("experiments") or [] for e in exp.get("revs", [])
+        ]:
+            found = data_of(entry)
+            if found:
+                runs.append(found)
+    return runs
