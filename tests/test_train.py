@@ -133,7 +133,8 @@ def _checkpoints_are_readable(ckpt_dir: Path) -> list[str]:
 
 
 def test_interrupted_training_keeps_good_checkpoints_and_a_rerun_completes(tmp_path):
-    project = _project(tmp_path, {"train": 48, "val": 16}, max_epochs=3, batch_size=8)
+    # far more epochs than the signals need: a run must not finish before its signal lands
+    project = _project(tmp_path, {"train": 48, "val": 16}, max_epochs=50, batch_size=8)
     ckpt_dir = project / "data" / "model" / "checkpoints"
     cmd = [sys.executable, str(SCRIPT)]
     run = dict(cwd=project, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -159,6 +160,10 @@ def test_interrupted_training_keeps_good_checkpoints_and_a_rerun_completes(tmp_p
         else:  # the kill landed mid-write: the torn file is only the temporary one
             assert list(ckpt_dir.glob("*.ckpt.*.tmp"))
 
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["train"]["max_epochs"] = 3
+    params_file.write_text(yaml.safe_dump(params))
     done = subprocess.run(cmd, **run, timeout=180)
     assert done.returncode == 0, done.stdout
     assert _checkpoints_are_readable(ckpt_dir) == ["best.ckpt", "last.ckpt"]
