@@ -26,3 +26,15 @@ def real_cxr() -> Path:
     if not REAL_CXR.is_dir():
         pytest.skip(f"{REAL_CXR} not present")
     return REAL_CXR
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: OpenMP threads spinning against other processes on
+    2 shared cores make every op 5-10x slower."""
+    import torch  # here, not at the top: most tests never need torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,13 +29,7 @@ from pneumo.model import normalize
 AUG = dict(rotation_deg=10.0, translate=0.1, scale=0.1, brightness=0.2, contrast=0.2, hflip=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: OpenMP threads spinning against other processes make every op 5-10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

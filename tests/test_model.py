@@ -35,14 +35,7 @@ from pneumo.model import (
     write_curves,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: OpenMP threads spinning against other processes make every op 5-10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(**kw) -> L.Trainer:
