@@ -30,13 +30,9 @@ import torch.nn.functional as F  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from pneumo.data import XrayDataModule, write_blob_dataset  # noqa: E402
-from pneumo.model import (  # noqa: E402
-    PneumoniaClassifier,
-    build_network,
-    normalize,
-    pos_weight_from_targets,
-)
+from pneumo.model import build_network, normalize  # noqa: E402
 from pneumo.params import AugmentParams, as_dict  # noqa: E402
+from pneumo.training import PneumoniaClassifier, pos_weight_from_targets  # noqa: E402
 
 WARMUP = 3
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumo import cam
+from pneumo.atomic import write_json
 from pneumo.model import load_exported
 from pneumo.params import load_section
 
@@ -35,7 +36,7 @@ def main() -> None:
         seed=params.seed,
     )
     cam.write_gallery(GALLERY, result, test, alpha=params.alpha)
-    cam.write_json(METRICS, result.metrics)
+    write_json(METRICS, result.metrics)
     m = result.metrics
     print(
         f"{m['method']} on {m['n_images']} positive test images with boxes: "

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pneumo import labels
+from pneumo.atomic import write_json
 from pneumo.params import load_section
 
 RAW_DIR = Path("data/raw")
@@ -27,7 +28,7 @@ def main() -> None:
         sys.exit(f"split: error: {e}")
     labels.write_splits(splits, OUT_DIR)
     summary = labels.summarize(splits, flags)
-    labels.write_json(summary, METRICS)
+    write_json(METRICS, summary)
     for name in labels.SPLITS:
         s = summary[name]
         logging.info(

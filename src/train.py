@@ -9,17 +9,17 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from pneumo.atomic import write_json
 from pneumo.data import XrayDataModule
-from pneumo.model import (
+from pneumo.model import export_model
+from pneumo.params import as_dict, load_section
+from pneumo.training import (
     PneumoniaClassifier,
-    export_model,
     fit,
     network_from_checkpoint,
     resolve_pos_weight,
     write_curves,
-    write_json,
 )
-from pneumo.params import as_dict, load_section
 
 PROCESSED = Path("data/processed")
 MODEL_DIR = Path("data/model")

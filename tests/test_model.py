@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,24 +20,29 @@ from torchvision import models
 from pneumo.data import XrayDataModule, write_blob_dataset
 from pneumo.model import (
     ARCHS,
-    AtomicCheckpointIO,
-    PneumoniaClassifier,
+    WEIGHT_URLS,
     WeightsNotFoundError,
     build_network,
     export_model,
-    focal_loss,
     load_exported,
-    network_from_checkpoint,
     normalize,
-    pos_weight_from_targets,
     predict_proba,
+    split_network,
+)
+from pneumo.resnet import ResNet18
+from pneumo.training import (
+    AtomicCheckpointIO,
+    PneumoniaClassifier,
+    focal_loss,
+    network_from_checkpoint,
+    pos_weight_from_targets,
     remove_stale_temporaries,
     resolve_pos_weight,
-    split_network,
     training_summary,
     write_curves,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -98,6 +106,57 @@ def test_pretrained_weights_sum_the_rgb_kernels(tmp_path):
     # a gray image (R = G = B) gives the same first-layer response as the RGB network
     gray = torch.rand(1, 1, 32, 32)
     assert torch.allclose(net.conv1(gray), rgb.conv1(gray.expand(1, 3, 32, 32)), atol=1e-5)
+
+
+def test_our_resnet18_is_torchvisions():
+    """pneumo.resnet.ResNet18 against torchvision.models.resnet18: the same modules and names,
+    the same weights from the same seed, the same outputs in train and eval mode."""
+    torch.manual_seed(3)
+    theirs = models.resnet18(weights=None)
+    torch.manual_seed(3)
+    ours = ResNet18()
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    for k in b:
+        assert torch.equal(a[k], b[k]), k
+    x = torch.randn(3, 3, 96, 80)
+    for mode in (True, False):  # train mode also updates BatchNorm's running statistics
+        ours.train(mode), theirs.train(mode)
+        with torch.no_grad():
+            assert torch.equal(ours(x), theirs(x)), mode
+    for k in b:
+        assert torch.equal(ours.state_dict()[k], theirs.state_dict()[k]), k
+
+
+def test_weight_file_names_are_torchvisions():
+    weights = {
+        "resnet18": models.ResNet18_Weights.DEFAULT,
+        "densenet121": models.DenseNet121_Weights.DEFAULT,
+        "efficientnet_v2_s": models.EfficientNet_V2_S_Weights.DEFAULT,
+    }
+    assert {arch: w.url for arch, w in weights.items()} == WEIGHT_URLS
+
+
+def test_loading_a_resnet18_imports_neither_torchvision_nor_lightning(tmp_path):
+    """The predict command's cold start: a fresh process loads a model and predicts one image
+    through the command's own modules without importing either (about 3 s between them)."""
+    net = build_network("resnet18", last_stride=1)
+    export_model(tmp_path / "model.pt", net, "resnet18", 32, "pad", 0.5, 0.25)
+    code = (
+        "import sys, numpy as np\n"
+        "from pneumo import predict\n"
+        f"m = predict.load_model(__import__('pathlib').Path({str(tmp_path / 'model.pt')!r}))\n"
+        "probs, maps = predict.predict_batch(m, np.zeros((1, 32, 32), np.uint8), 'cam')\n"
+        "print(sorted(k for k in ('torchvision', 'lightning', 'torchmetrics', 'pandas')"
+        " if k in sys.modules))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
 
 
 def test_missing_pretrained_weights_say_how_to_get_them(tmp_path, monkeypatch):

@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import matplotlib
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib import patheffects
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from torch import nn
 
+from pneumo.atomic import atomic_path
 from pneumo.model import Exported, build_network, normalize, split_network
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Method = Literal["cam", "gradcam", "gradcam++"]
 METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcam++")
@@ -334,6 +332,10 @@ def render_gallery(path: Path, title: str, tiles: Sequence[Tile], alpha: float) 
 
     With no tiles the PNG says "no cases", so every declared output exists.
     """
+    # imported here, as pandas in _read_csv: the predict command's heat maps need neither
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     width, height = gallery_size(len(tiles))
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
@@ -367,10 +369,14 @@ def render_gallery(path: Path, title: str, tiles: Sequence[Tile], alpha: float) 
             fontsize=11,
             family="monospace",
         )
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
 
 
 def _draw_panel(ax, rgb: np.ndarray, boxes: np.ndarray) -> None:
+    from matplotlib import patheffects
+    from matplotlib.patches import Rectangle
+
     s = rgb.shape[0]
     # extent puts pixel (r, c) on [c, c + 1) x [r, r + 1): boxes are drawn in their own frame
     ax.imshow(rgb, cmap="gray", vmin=0, vmax=255, extent=(0, s, s, 0), interpolation="bilinear")
@@ -451,6 +457,8 @@ def read_test_set(processed_dir: Path, predictions_csv: Path) -> CamInputs:
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     df = pd.read_csv(path, dtype={"patientId": str})
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -615,25 +623,3 @@ def write_gallery(out_dir: Path, result: CamResult, test: CamInputs, alpha: floa
         render_gallery(path, title, tiles, alpha)
         paths.append(path)
     return paths
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write a JSON file via a temporary name and a rename."""
-
-    def dump(tmp: Path) -> None:
-        with tmp.open("w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-
-    _atomic_write(path, dump)
-
-
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

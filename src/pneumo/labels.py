@@ -549,17 +549,6 @@ def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON to a temporary file beside path, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def read_split(path: Path) -> pd.DataFrame:
     """Read data/split/<split>.csv with its dtypes: ids as text, age as nullable Int64."""
     path = Path(path)

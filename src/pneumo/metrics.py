@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from pneumo.atomic import write_json
+
 EPS = float(np.finfo(np.float64).eps)  # log-loss clipping, the same as scikit-learn's
 PREDICTION_COLUMNS = ("patientId", "target", "prob", "view", "sex", "age")
 SUBGROUP_LEVELS = {"view": ("PA", "AP"), "sex": ("M", "F")}  # always reported, for stable keys
@@ -624,17 +626,6 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return df.assign(target=target.astype(np.int64), prob=prob.astype(np.float64))
 
 
-def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON to a temporary name, then rename; NaN/inf are refused (invalid JSON)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        json.dump(obj, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def write_evaluation(
     evaluation: Evaluation, metrics_path: str | Path, plots_dir: str | Path, op_path: str | Path
 ) -> None:
@@ -652,5 +643,5 @@ def write_evaluation(
                 json.dump(rows, f, allow_nan=False)
     shutil.rmtree(plots_dir, ignore_errors=True)
     os.replace(tmp, plots_dir)
-    write_json(evaluation.operating_point, op_path)
-    write_json(evaluation.metrics, metrics_path)
+    write_json(op_path, evaluation.operating_point)
+    write_json(metrics_path, evaluation.metrics)

@@ -222,7 +222,9 @@ def build(cls: type, raw: Any, prefix: str, source: str = "params") -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         keys = ", ".join(f"{prefix}.{k}" for k in unknown)
-        raise ParamsError(f"{source}: unknown key(s) {keys}; known in {prefix}: {', '.join(fields)}")
+        raise ParamsError(
+            f"{source}: unknown key(s) {keys}; known in {prefix}: {', '.join(fields)}"
+        )
     values = {}
     for name, value in raw.items():
         values[name] = _convert(hints[name], value, f"{prefix}.{name}", source)

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pneumo.atomic import write_bytes
 from pneumo.cache import SquareImage, load_square
 from pneumo.dicom import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageReadError
 from pneumo.model import Exported, load_exported, normalize, predict_proba
@@ -411,17 +412,6 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes via a temporary name and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -516,7 +506,7 @@ def run_command(
 
 def _write_cam(pred: Prediction, rec: dict[str, Any], path: Path, method: str) -> None:
     img = cam_image(pred.image, pred.cam_map, cam_caption(rec, method), CAM_ALPHA)
-    write_atomic(path, png_bytes(img))
+    write_bytes(path, png_bytes(img))
 
 
 def _emit_failure(f: Failure, as_json: bool, out: TextIO, err: TextIO) -> None:
