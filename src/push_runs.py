@@ -1,0 +1,34 @@
+"""Upload the outputs of every recorded stage run to the DVC remote, after `dvc push --run-cache`.
+
+    dvc push --run-cache && python src/push_runs.py     # [-r REMOTE] [-j JOBS]
+
+DVC 3's `dvc push --run-cache` uploads the run records but not the outputs they name (see
+pneumo.runcache), so a teammate's `dvc repro --pull` of a params combination you ran would
+re-run it. After this, it restores the run's outputs instead ("Stage 'train' is cached").
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pneumo.runcache import push_run_outputs
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Push the run-cache's outputs of the repository in the current directory."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
+    p.add_argument("-j", "--jobs", type=int, help="parallel uploads (default: DVC's)")
+    args = p.parse_args(argv)
+    done = push_run_outputs(Path.cwd(), remote=args.remote, jobs=args.jobs)
+    print(
+        f"{done.runs} runs name {done.objects} objects: {done.transferred} uploaded, "
+        f"{done.failed} failed"
+    )
+    if done.failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
