@@ -1,6 +1,6 @@
-"""Upload the outputs of every recorded stage run to the DVC remote, after `dvc push --run-cache`.
+"""Upload the outputs of every recorded stage run to the DVC remote, then the run records.
 
-    dvc push --run-cache && python src/push_runs.py     # [-r REMOTE] [-j JOBS]
+    dvc push && python src/push_runs.py     # [-r REMOTE] [-j JOBS]
 
 DVC 3's `dvc push --run-cache` uploads the run records but not the outputs they name (see
 pneumo.runcache), so a teammate's `dvc repro --pull` of a params combination you ran would
@@ -10,7 +10,10 @@ re-run it. After this, it restores the run's outputs instead ("Stage 'train' is 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from dvc.exceptions import DvcException
 
 from pneumo.runcache import push_run_outputs
 
@@ -21,13 +24,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
     p.add_argument("-j", "--jobs", type=int, help="parallel uploads (default: DVC's)")
     args = p.parse_args(argv)
-    done = push_run_outputs(Path.cwd(), remote=args.remote, jobs=args.jobs)
+    try:
+        done = push_run_outputs(Path.cwd(), remote=args.remote, jobs=args.jobs)
+    except DvcException as e:  # no remote configured, an unknown one, not a DVC repository...
+        sys.exit(f"push_runs: {e}")
     print(
         f"{done.runs} runs name {done.objects} objects: {done.transferred} uploaded, "
-        f"{done.failed} failed"
+        f"{done.missing} missing, {done.failed} failed; {done.records} run records uploaded"
     )
+    if done.incomplete or done.missing:
+        print(
+            f"{done.incomplete} runs have outputs that are neither in the local cache nor on "
+            f"the remote (after `dvc gc`, or records fetched without their outputs); "
+            f"a teammate's `dvc repro` re-runs those ({done.missing} objects missing)",
+            file=sys.stderr,
+        )
     if done.failed:
-        raise SystemExit(1)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

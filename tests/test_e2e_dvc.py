@@ -174,10 +174,11 @@ def test_diffs_between_commits(repo: Path) -> None:
 
 
 def test_shared_remote_and_run_cache(repo: Path, tmp_path: Path) -> None:
-    dvc(repo, "push", "--run-cache", "--all-commits")
-    # DVC 3 pushes the run records but not the outputs they name (pneumo.runcache)
+    # The README's recipe. DVC 3's `push --run-cache` would send the run records but not the
+    # outputs they name (pneumo.runcache): push_runs sends both, the records last.
+    dvc(repo, "push", "--all-commits")
     pushed = run(repo, sys.executable, "src/push_runs.py").stdout
-    assert " 0 failed" in pushed, pushed
+    assert " 0 missing, 0 failed; " in pushed and " 0 run records" not in pushed, pushed
 
     clone = tmp_path / "clone"
     run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
@@ -279,8 +280,24 @@ def test_push_runs_makes_every_run_restorable(tmp_path: Path) -> None:
     # Documents why src/push_runs.py exists: when a DVC upgrade makes this fail, drop it.
     out = teammate_repro_n3("before")
     assert ran_stages(out) == {"square"}, out
-    pushed = run(origin, sys.executable, str(ROOT / "src" / "push_runs.py")).stdout
-    assert pushed.startswith("2 runs name ") and " 0 failed" in pushed, pushed
+    push_runs = (sys.executable, str(ROOT / "src" / "push_runs.py"))
+    pushed = run(origin, *push_runs).stdout
+    # the records were on the remote already (`dvc push --run-cache` above)
+    assert pushed.startswith("2 runs name ") and " 0 missing, 0 failed; 0 run" in pushed, pushed
     out = teammate_repro_n3("after")
     assert ran_stages(out) == set(), out
     assert "Stage 'square' is cached - skipping run, checking out outputs" in out, out
+
+    # A lost local cache (or `dvc gc`): the records stay, their outputs are gone. Each such run
+    # is reported and skipped, and what can be pushed still is.
+    shutil.rmtree(origin / ".dvc" / "cache" / "files")
+    dvc(origin, "remote", "add", "other", str(tmp_path / "other"))
+    done = run(origin, *push_runs, "-r", "other")
+    assert done.stdout.startswith("2 runs name 0 objects"), done.stdout
+    assert "2 runs have outputs that are neither in the local cache nor on the remote" in (
+        done.stderr
+    ), done.stderr
+    # a remote that does not exist: one line that names it, not a traceback
+    bad = run(origin, *push_runs, "-r", "nosuch", check=False)
+    assert bad.returncode == 1 and "nosuch" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr, bad.stderr

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumo.atomic import atomic_path
 from pneumo.resnet import ResNet18
 
 ARCHS = ("resnet18", "densenet121", "efficientnet_v2_s")
@@ -44,7 +45,8 @@ def build_network(
     weights_path: str | Path | None = None,
     last_stride: int = 2,
 ) -> nn.Module:
-    """A torchvision classifier with a 1-channel first convolution and a single logit.
+    """A classifier of torchvision's architecture ``arch`` with a 1-channel first convolution and
+    a single logit.
 
     ResNet18 is :class:`pneumo.resnet.ResNet18`, torchvision's network without its import cost.
 
@@ -187,8 +189,6 @@ def export_model(
 
     Written to a temporary name and renamed, so an interrupted run never leaves a torn file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "version": EXPORT_VERSION,
         "arch": arch,
@@ -199,9 +199,8 @@ def export_model(
         "last_stride": last_stride_of(net, arch),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_exported(path: str | Path, map_location: str = "cpu") -> Exported:
