@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"push_runs: {e}")
     print(
         f"{done.runs} runs name {done.objects} objects: {done.transferred} uploaded, "
-        f"{done.missing} missing, {done.failed} failed; {done.records} run records uploaded"
+        f"{done.missing} missing, {done.failed} failed; {done.records} run records sent"
     )
     if done.incomplete or done.missing:
         print(

@@ -26,7 +26,7 @@ class RunPush:
     """What :func:`push_run_outputs` did."""
 
     runs: int  # run records in the local run-cache
-    records: int  # records uploaded (the others were on the remote already)
+    records: int  # records sent (DVC sends every record, present on the remote or not)
     incomplete: int  # records with an output neither in the local cache nor on the remote
     objects: int  # objects (files and directory listings) the complete records name
     transferred: int  # objects uploaded (the others were already on the remote)
