@@ -1,7 +1,10 @@
-"""Shared test fixtures: paths to the optional real-data folder beside the repository."""
+"""Shared test fixtures: paths to the optional real-data folder beside the repository, and a
+tiny exported model for the prediction command and the web service."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 DICOM_ZOO = SHARED_DATA / "dicom-zoo"
 REAL_CXR = SHARED_DATA / "real-cxr"
+# the tiny model's input: resnet18 gives 2 x 2 feature maps, enough for a heat map
+TINY_MODEL_SIZE = 64
+
+
+def run_stage(script: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python src/<script>`` as dvc runs a stage, from ``cwd`` as the repository root; output
+    captured as text, the return code left to the caller."""
+    cmd = [sys.executable, str(ROOT / "src" / script)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +50,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init ResNet18 exported at ``TINY_MODEL_SIZE`` (pad, mean 0.45, std 0.25)."""
+    import torch
+
+    from pneumo.model import build_network, export_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    export_model(path, build_network("resnet18"), "resnet18", TINY_MODEL_SIZE, "pad", 0.45, 0.25)
+    return path

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from conftest import run_stage
 from pneumo import cam
 from pneumo.model import (
     ARCHS,
@@ -422,13 +421,7 @@ def test_read_inputs_name_the_bad_file_and_row(tmp_path):
 
 def test_stage_end_to_end(tmp_path):
     _fake_pipeline(tmp_path)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "src" / "cam.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_stage("cam.py", tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "operating point from data/operating_point.json" in result.stdout
     metrics = json.loads((tmp_path / "metrics/cam.json").read_text())

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 import infer
+from conftest import run_stage
 from pneumo.metrics import (
     PREDICTION_COLUMNS,
     EvaluationError,
@@ -120,13 +119,7 @@ def test_evaluate_writes_outputs(predictions: Path, tmp_path: Path):
 def test_evaluate_script(predictions: Path, tmp_path: Path):
     """The stage as dvc runs it: `python src/evaluate.py` from a repo root with params.yaml."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVAL_PARAMS}))
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "src" / "evaluate.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_stage("evaluate.py", tmp_path)
     assert run.returncode == 0, run.stderr
     assert "test AUROC" in run.stdout
     metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
@@ -224,13 +217,7 @@ def test_infer_then_evaluate_scripts(model_file: Path, tmp_path: Path):
     (tmp_path / "data" / "model" / "model.pt").write_bytes(model_file.read_bytes())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": EVAL_PARAMS}))
     for script in ("infer.py", "evaluate.py"):
-        run = subprocess.run(
-            [sys.executable, str(ROOT / "src" / script)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        run = run_stage(script, tmp_path)
         assert run.returncode == 0, f"{script}: {run.stderr}"
     test = read_predictions(tmp_path / "data/predictions/test.csv")
     assert test.patientId.tolist() == [f"test{i}" for i in range(7)]

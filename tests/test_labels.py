@@ -7,8 +7,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -22,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.misc import warn_and_log
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from conftest import run_stage
 from pneumo import labels as L
 from pneumo.dicom import read_meta
 
@@ -443,8 +442,7 @@ def test_stage_script_end_to_end(tmp_path):
     """python src/split.py in a temporary working copy: outputs, metrics, and a clean error."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     make_raw(tmp_path / "data" / "raw", n_neg=30, n_pos=12)
-    cmd = [sys.executable, str(ROOT / "src" / "split.py")]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = run_stage("split.py", tmp_path)
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "metrics" / "split.json").read_text())
     assert metrics["total"]["n"] == 42 and metrics["flags"]["impossible_age"] == 0
@@ -453,7 +451,7 @@ def test_stage_script_end_to_end(tmp_path):
     assert "train" in done.stderr and "positive" in done.stderr
 
     (tmp_path / "data" / "raw" / L.LABELS_CSV).write_text("patientId,x,y,width,height,Target\n")
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = run_stage("split.py", tmp_path)
     assert done.returncode == 1 and "split: error:" in done.stderr and "no rows" in done.stderr
     assert "Traceback" not in done.stderr
 

@@ -14,19 +14,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 import predict as predict_script
+from conftest import TINY_MODEL_SIZE
 from pneumo import predict as pp
 from pneumo.cache import SPLIT_COLUMNS, build_cache, load_for_model
-from pneumo.model import build_network, export_model, predict_proba
+from pneumo.model import predict_proba
 from pneumo.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = 64  # the tiny model's input: resnet18 gives 2 x 2 feature maps, enough for a heat map
+SIZE = TINY_MODEL_SIZE  # conftest's model_path
 ZOO_CHEST = ("torchxrayvision", "Fake_MONOHR1", "CR-MONO1-10-chest", "RG1_J2KI", "RG1_JLSN")
 
 
@@ -49,14 +49,6 @@ def write_dicom16(path: Path, seed: int = 0, rows: int = 80, cols: int = 96) -> 
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = pixels.tobytes()
     ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    export_model(path, build_network("resnet18"), "resnet18", SIZE, "pad", 0.45, 0.25)
     return path
 
 

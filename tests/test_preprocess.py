@@ -7,8 +7,6 @@ import faulthandler
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import warnings
 from fractions import Fraction
@@ -22,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 import pneumo.cache as cache
+from conftest import run_stage
 from pneumo.cache import (
     INDEX_COLUMNS,
     SPLIT_COLUMNS,
@@ -290,13 +289,12 @@ def test_stage_script_runs_from_the_repo_layout(tmp_path):
         "  workers: 2\n  chunk_size: 4\n  file_timeout_s: 60\n"
     )
     (tmp_path / "params.yaml").write_text(params)
-    script = [sys.executable, str(ROOT / "src" / "preprocess.py")]
-    done = subprocess.run(script, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = run_stage("preprocess.py", tmp_path)
     assert done.returncode == 0, done.stderr
     assert "preprocess" in done.stderr and "train: 8 of 9 images (1 rejected)" in done.stderr
     assert np.load(tmp_path / "data/processed/train.npy").shape == (8, 24, 24)
     (tmp_path / "params.yaml").write_text(params.replace("0.2", "0.05"))
-    failed = subprocess.run(script, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    failed = run_stage("preprocess.py", tmp_path)
     assert failed.returncode != 0
     assert "see data/processed/rejected.csv" in failed.stderr
     assert "Traceback" not in failed.stderr

@@ -16,29 +16,21 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from conftest import TINY_MODEL_SIZE
 from pneumo import predict as pp
 from pneumo.cache import load_for_model
-from pneumo.model import build_network, export_model, predict_proba
+from pneumo.model import predict_proba
 from pneumo.synthetic import generate
 from serve import create_app
 from serve import main as serve_main
 from test_predict import write_dicom16
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = 64
+SIZE = TINY_MODEL_SIZE  # conftest's model_path
 MAX_BYTES = 200_000
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    export_model(path, build_network("resnet18"), "resnet18", SIZE, "pad", 0.45, 0.25)
-    return path
 
 
 @pytest.fixture(scope="module")
