@@ -199,8 +199,10 @@ def export_model(
         "last_stride": last_stride_of(net, arch),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # through a file object: given a path, torch.save names the archive's root folder after the
+    # (temporary, per-process) file name, and the same model would give different bytes
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(payload, f)
 
 
 def load_exported(path: str | Path, map_location: str = "cpu") -> Exported:
