@@ -1,13 +1,15 @@
-"""Files that are complete or absent: write beside the target, then rename over it.
+"""Outputs that are complete or absent: write beside the target, then rename over it.
 
 A rename within one directory is atomic, so a reader (or DVC, hashing a stage's outputs) sees the
-old file or the new one, never a half-written file left by an interrupted stage.
+old file or folder or the new one, never a half-written one left by an interrupted stage.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,3 +44,46 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path``."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def remove(path: str | Path) -> None:
+    """Delete a file, a link or a whole folder; nothing if it does not exist."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def swap_in(new: str | Path, target: str | Path) -> None:
+    """Put ``new`` (a folder or a file beside ``target``) at ``target``, replacing what was there.
+
+    The old ``target`` is renamed aside first and deleted last, so at every moment ``target`` is
+    the old one or the new one (a folder cannot be renamed over a non-empty folder).
+    """
+    new, target = Path(new), Path(target)
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    remove(old)
+    if target.exists() or target.is_symlink():
+        os.replace(target, old)
+    os.replace(new, target)
+    remove(old)
+
+
+@contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield an empty folder beside ``target``; on success it replaces ``target`` whole.
+
+    On an exception the folder is deleted and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+        swap_in(tmp, target)
+    finally:
+        remove(tmp)

@@ -14,7 +14,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pneumo.atomic import remove, swap_in
 from pneumo.dicom import ImageReadError, read_image_with_notes
 
 RESIZE_MODES = ("pad", "crop", "stretch")
@@ -407,7 +407,7 @@ def build_cache(
     n_workers = workers or available_cores()
 
     tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    _remove(tmp)
+    remove(tmp)
     tmp.mkdir(parents=True)
     try:
         tasks = []
@@ -437,7 +437,7 @@ def build_cache(
         if failures:
             for name in SPLITS:
                 (tmp / f"{name}.npy.part").unlink()
-            _swap_in(tmp, out_dir)
+            swap_in(tmp, out_dir)
             raise TooManyRejectedError(f"{'; '.join(failures)}; see {out_dir / 'rejected.csv'}")
 
         for name, split in splits.items():
@@ -454,9 +454,9 @@ def build_cache(
         with (tmp / "stats.json").open("w") as f:
             json.dump(stats, f, indent=2)
             f.write("\n")
-        _swap_in(tmp, out_dir)
+        swap_in(tmp, out_dir)
     finally:
-        _remove(tmp)
+        remove(tmp)
     return {
         "splits": {
             name: {"images": len(s.rows), "kept": len(s.transforms), "rejected": len(s.rejected)}
@@ -575,22 +575,6 @@ def _too_many_rejected(splits: dict[str, _SplitResult], max_fraction: float) -> 
                 f"preprocess.max_rejected_fraction {max_fraction:.1%})"
             )
     return failures
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    old = out_dir.parent / f".{out_dir.name}.old"
-    _remove(old)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path, file: Any = sys.stderr) -> None:

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pneumo.atomic import atomic_dir
 from pneumo.dicom import ImageMeta, read_meta
 
 log = logging.getLogger(__name__)
@@ -534,19 +534,10 @@ def _summary(df: pd.DataFrame, class_keys: dict[str, str]) -> dict[str, Any]:
 
 def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path) -> None:
     """Write <split>.csv files into a temporary folder, then swap it in for out_dir."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in SPLITS:
-        with (tmp / f"{name}.csv").open("w", newline="") as f:
-            splits[name][COLUMNS].to_csv(f, index=False, lineterminator="\n")
-    if out_dir.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out_dir) as tmp:
+        for name in SPLITS:
+            with (tmp / f"{name}.csv").open("w", newline="") as f:
+                splits[name][COLUMNS].to_csv(f, index=False, lineterminator="\n")
 
 
 def read_split(path: Path) -> pd.DataFrame:

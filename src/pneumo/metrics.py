@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from pneumo.atomic import write_json
+from pneumo.atomic import atomic_dir, write_json
 
 EPS = float(np.finfo(np.float64).eps)  # log-loss clipping, the same as scikit-learn's
 PREDICTION_COLUMNS = ("patientId", "target", "prob", "view", "sex", "age")
@@ -630,18 +628,13 @@ def write_evaluation(
     evaluation: Evaluation, metrics_path: str | Path, plots_dir: str | Path, op_path: str | Path
 ) -> None:
     """Write metrics JSON, plot files (a fresh directory, swapped in whole) and the op point."""
-    plots_dir = Path(plots_dir)
-    tmp = plots_dir.with_name(plots_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, rows in evaluation.plots.items():
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        if name.endswith(".csv"):
-            pd.DataFrame(rows).to_csv(tmp / name, index=False)
-        else:
-            with (tmp / name).open("w") as f:
-                json.dump(rows, f, allow_nan=False)
-    shutil.rmtree(plots_dir, ignore_errors=True)
-    os.replace(tmp, plots_dir)
+    with atomic_dir(plots_dir) as tmp:
+        for name, rows in evaluation.plots.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            if name.endswith(".csv"):
+                pd.DataFrame(rows).to_csv(tmp / name, index=False)
+            else:
+                with (tmp / name).open("w") as f:
+                    json.dump(rows, f, allow_nan=False)
     write_json(op_path, evaluation.operating_point)
     write_json(metrics_path, evaluation.metrics)

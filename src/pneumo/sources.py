@@ -13,7 +13,6 @@ Every source builds data/raw/ in a sibling temporary folder and swaps it in only
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -22,11 +21,12 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
+
+from pneumo.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +41,6 @@ MAX_WARNINGS = 20  # per kind of skipped file; the count is always reported
 
 class SourceError(RuntimeError):
     """A data source cannot become data/raw/; the message says what is wrong and what to do."""
-
-
-@contextlib.contextmanager
-def staged_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty sibling temp dir; on success it replaces ``target``; on error it goes."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    old = None
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f"{tmp.name}.old")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
 
 
 def check_raw(raw_dir: Path) -> None:
@@ -114,11 +88,11 @@ def fetch_rsna(
     else:
         src = download_competition(competition, Path(download_dir))
     if src.is_dir():
-        with staged_dir(raw_dir) as tmp:
+        with atomic_dir(raw_dir) as tmp:
             counts = copy_rsna_folder(src, tmp, keep_test_images)
             check_raw(tmp)
     elif zipfile.is_zipfile(src):
-        with staged_dir(raw_dir) as tmp:
+        with atomic_dir(raw_dir) as tmp:
             counts = extract_rsna_zip(src, tmp, keep_test_images)
             check_raw(tmp)
     else:
@@ -484,7 +458,7 @@ def import_folder(
             where = ", ".join(str(d) for d in class_dirs[cls])
             raise SourceError(f"class {cls}: no PNG, JPEG or DICOM image in {where}")
     _assign_ids(items, root)
-    with staged_dir(raw_dir) as tmp:
+    with atomic_dir(raw_dir) as tmp:
         images = tmp / TRAIN_IMAGES
         images.mkdir()
         with (

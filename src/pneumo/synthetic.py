@@ -55,13 +55,13 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pneumo.atomic import atomic_dir, atomic_path
 from pneumo.sources import (
     CLASS_INFO_CSV,
     KAGGLE_ZIP_NAME,
     LABELS_CSV,
     TEST_IMAGES,
     TRAIN_IMAGES,
-    staged_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -868,8 +868,10 @@ def write_labels(rows: list[dict], out_dir: Path) -> None:
     """Write the labels and detailed-class CSVs (one row per box, row-aligned) via temp names."""
     labels, classes = out_dir / LABELS_CSV, out_dir / CLASS_INFO_CSV
     with (
-        open(labels.with_name(labels.name + ".tmp"), "w", newline="") as fl,
-        open(classes.with_name(classes.name + ".tmp"), "w", newline="") as fc,
+        atomic_path(labels) as labels_tmp,
+        atomic_path(classes) as classes_tmp,
+        open(labels_tmp, "w", newline="") as fl,
+        open(classes_tmp, "w", newline="") as fc,
     ):
         wl, wc = csv.writer(fl, lineterminator="\n"), csv.writer(fc, lineterminator="\n")
         wl.writerow(["patientId", "x", "y", "width", "height", "Target"])
@@ -879,8 +881,6 @@ def write_labels(rows: list[dict], out_dir: Path) -> None:
                 coords = [_fmt(v) for v in box] if box else ["", "", "", ""]
                 wl.writerow([r["patientId"], *coords, r["target"]])
                 wc.writerow([r["patientId"], r["class"]])
-    os.replace(labels.with_name(labels.name + ".tmp"), labels)
-    os.replace(classes.with_name(classes.name + ".tmp"), classes)
 
 
 def generate(
@@ -897,7 +897,7 @@ def generate(
         raise ValueError(f"image_size must be between 32 and 4096, got {image_size}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    with staged_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         images = tmp / TRAIN_IMAGES
         images.mkdir()
         rows = _draw_all(seed, n_patients, image_size, images, workers)
@@ -934,9 +934,11 @@ def write_kaggle_zip(raw_dir: Path, zip_path: Path, n_test_images: int = 2) -> P
     size = int(pydicom.dcmread(images[0], stop_before_pixels=True).Rows)
     # test patients get their own random stream, derived from the labels so ids never collide
     test_seed = int.from_bytes(hashlib.sha256(labels.read_bytes()).digest()[:8], "big")
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_zip = zip_path.with_name(zip_path.name + ".tmp")
-    with tempfile.TemporaryDirectory() as td, zipfile.ZipFile(tmp_zip, "w") as zf:
+    with (
+        atomic_path(zip_path) as tmp_zip,
+        tempfile.TemporaryDirectory() as td,
+        zipfile.ZipFile(tmp_zip, "w") as zf,
+    ):
         test_rows = _make_patients(test_seed, 0, n_test_images, size, td)
         for r in test_rows:
             name = f"{TEST_IMAGES}/{r['patientId']}.dcm"
@@ -952,7 +954,6 @@ def write_kaggle_zip(raw_dir: Path, zip_path: Path, n_test_images: int = 2) -> P
         zf.writestr(
             "GCP Credits Request Link - RSNA.txt", "https://www.kaggle.com/\n", zipfile.ZIP_DEFLATED
         )
-    os.replace(tmp_zip, zip_path)
     return zip_path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from torchmetrics.classification import (
     BinaryRecall,
 )
 
+from pneumo.atomic import atomic_dir, atomic_path
 from pneumo.model import build_network
 
 # ----------------------------------------------------------------------------------------------
@@ -246,16 +246,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            with tmp.open("wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
         fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
         try:
             os.fsync(fd)
@@ -467,20 +461,16 @@ def write_curves(live_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """
     src = Path(live_dir) / "plots" / "metrics"
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     written = []
-    for tsv in sorted(src.rglob("*.tsv")):
-        name = "_".join(tsv.relative_to(src).with_suffix("").parts)
-        with tsv.open(newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-        column = tsv.stem
-        with (tmp / f"{name}.tsv").open("w", newline="") as f:
-            w = csv.writer(f, delimiter="\t", lineterminator="\n")
-            w.writerow(["epoch", name])
-            w.writerows([int(r["step"]), r[column]] for r in rows)
-        written.append(out / f"{name}.tsv")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        for tsv in sorted(src.rglob("*.tsv")):
+            name = "_".join(tsv.relative_to(src).with_suffix("").parts)
+            with tsv.open(newline="") as f:
+                rows = list(csv.DictReader(f, delimiter="\t"))
+            column = tsv.stem
+            with (tmp / f"{name}.tsv").open("w", newline="") as f:
+                w = csv.writer(f, delimiter="\t", lineterminator="\n")
+                w.writerow(["epoch", name])
+                w.writerows([int(r["step"]), r[column]] for r in rows)
+            written.append(out / f"{name}.tsv")
     return written
