@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 # Before torch is imported: OpenMP threads that sleep instead of spinning while they wait; beside
@@ -18,6 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pandas as pd
 
+from pneumo.atomic import atomic_dir
 from pneumo.model import Exported, load_exported, predict_proba
 from pneumo.params import load_section
 
@@ -59,17 +59,13 @@ def run(model_path: Path, processed: Path, out_dir: Path, batch_size: int) -> No
             f"{processed / 'stats.json'} says resize_mode {mode!r} but {model_path} was trained "
             f"on {model.resize_mode!r}: re-run preprocess and train with the same setting"
         )
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split in SPLITS:
-        images = np.load(processed / f"{split}.npy", mmap_mode="r")
-        # read every column as text so view/sex/age pass through unchanged (empty stays empty)
-        index = pd.read_csv(processed / f"{split}.csv", dtype=str, keep_default_na=False)
-        rows = predict_split(model, images, index, batch_size, str(processed / split))
-        rows.to_csv(tmp / f"{split}.csv", index=False)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            images = np.load(processed / f"{split}.npy", mmap_mode="r")
+            # read every column as text so view/sex/age pass through unchanged (empty stays empty)
+            index = pd.read_csv(processed / f"{split}.csv", dtype=str, keep_default_na=False)
+            rows = predict_split(model, images, index, batch_size, str(processed / split))
+            rows.to_csv(tmp / f"{split}.csv", index=False)
 
 
 def main() -> None:
