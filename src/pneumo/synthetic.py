@@ -55,6 +55,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pneumo import exactmath as em
 from pneumo.atomic import atomic_dir, atomic_path
 from pneumo.sources import (
     CLASS_INFO_CSV,
@@ -153,7 +154,7 @@ def sample_patient(rng: np.random.Generator, index: int) -> Patient:
     view = "AP" if rng.random() < P_AP else "PA"
     target = int(rng.random() < P_POS[view])
     sex = "M" if rng.random() < P_MALE[target] else "F"
-    age = int(round(float(np.interp(rng.random(), AGE_Q, AGE_V))))
+    age = int(round(float(em.interp(rng.random(), AGE_Q, AGE_V))))
     if index % IMPOSSIBLE_EVERY == IMPOSSIBLE_OFFSET:
         age = int(rng.choice(IMPOSSIBLE_AGES))
     if target:
@@ -176,9 +177,8 @@ def _smoothstep(e0: float, e1: float, v: np.ndarray | float) -> np.ndarray:
 
 def _smooth_noise(rng: np.random.Generator, cells: int, shape: tuple[int, int]) -> np.ndarray:
     """Band-limited noise (std about 1): a coarse random grid resized bicubically."""
-    small = rng.standard_normal((cells, cells)).astype(np.float32)
-    img = Image.fromarray(small, "F").resize((shape[1], shape[0]), Image.Resampling.BICUBIC)
-    return np.asarray(img)
+    small = em.normal(rng, size=(cells, cells)).astype(np.float32)
+    return em.resize(small, shape)
 
 
 @dataclass
@@ -231,33 +231,33 @@ def _anatomy(rng: np.random.Generator, view: str) -> _Anatomy:
     ap = view == "AP"
     # AP films are taken supine or sitting: shallower inspiration, magnified heart, scapulae over
     # the lungs, clavicles projected higher. The ranges overlap PA's on purpose.
-    base = rng.normal(0.335 if ap else 0.37, 0.035)
-    tilt = rng.normal(0.0, 0.012)
+    base = em.normal(rng, 0.335 if ap else 0.37, 0.035)
+    tilt = em.normal(rng, 0.0, 0.012)
     return _Anatomy(
-        apex=rng.normal(-0.36, 0.02),
+        apex=em.normal(rng, -0.36, 0.02),
         base=(base - 0.012 + tilt, base + 0.012 - tilt),
-        dome=(rng.uniform(0.09, 0.15), rng.uniform(0.08, 0.14)),
-        lat=rng.uniform(0.37, 0.41),
-        med=rng.uniform(0.045, 0.06),
-        heart_w=rng.uniform(0.16, 0.19) * (1.1 if ap else 1.0),
-        heart_h=rng.uniform(0.11, 0.13) * (1.06 if ap else 1.0),
-        heart_x=rng.uniform(0.04, 0.07),
-        heart_tilt=rng.uniform(0.35, 0.6),
-        lung_depth=rng.uniform(0.2, 0.36),
-        clav_y=rng.normal(-0.37 if ap else -0.33, 0.02),
-        scap_x=rng.uniform(0.25, 0.31) if ap else rng.uniform(0.41, 0.47),
-        rib_phase=rng.uniform(0.0, 1.0),
-        rib_spacing=rng.uniform(0.066, 0.076),
+        dome=(em.uniform(rng, 0.09, 0.15), em.uniform(rng, 0.08, 0.14)),
+        lat=em.uniform(rng, 0.37, 0.41),
+        med=em.uniform(rng, 0.045, 0.06),
+        heart_w=em.uniform(rng, 0.16, 0.19) * (1.1 if ap else 1.0),
+        heart_h=em.uniform(rng, 0.11, 0.13) * (1.06 if ap else 1.0),
+        heart_x=em.uniform(rng, 0.04, 0.07),
+        heart_tilt=em.uniform(rng, 0.35, 0.6),
+        lung_depth=em.uniform(rng, 0.2, 0.36),
+        clav_y=em.normal(rng, -0.37 if ap else -0.33, 0.02),
+        scap_x=em.uniform(rng, 0.25, 0.31) if ap else em.uniform(rng, 0.41, 0.47),
+        rib_phase=em.uniform(rng, 0.0, 1.0),
+        rib_spacing=em.uniform(rng, 0.066, 0.076),
     )
 
 
 def _frame(rng: np.random.Generator, w: int, view: str) -> _Frame:
-    scale = rng.uniform(0.86, 1.0) * (1.02 if view == "AP" else 1.0)
-    cx, cy = 0.5 + rng.normal(0, 0.02), 0.47 + rng.normal(0, 0.025)
-    angle = math.radians(rng.normal(0, 2.5))
+    scale = em.uniform(rng, 0.86, 1.0) * (1.02 if view == "AP" else 1.0)
+    cx, cy = 0.5 + em.normal(rng, 0, 0.02), 0.47 + em.normal(rng, 0, 0.025)
+    angle = em.normal(rng, 0, 2.5) * (math.pi / 180)
     g = (np.arange(w, dtype=np.float32) + 0.5) / w
     dx, dy = g[None, :] - cx, g[:, None] - cy
-    c, s = math.cos(angle), math.sin(angle)
+    c, s = em.cos(angle), em.sin(angle)
     X = ((c * dx + s * dy) / scale).astype(np.float32)
     Y = ((-s * dx + c * dy) / scale).astype(np.float32)
     return _Frame(X, Y, cx, cy, scale, c, s, w)
@@ -299,7 +299,7 @@ def _heart(f: _Frame, a: _Anatomy, scale: float, raised: float) -> tuple[np.ndar
     hw, hh = a.heart_w * scale, a.heart_h * scale
     cy = a.base[1] - raised - a.dome[1] - 0.55 * hh
     dx, dy = f.X - (a.heart_x + 0.25 * (hw - a.heart_w)), f.Y - cy
-    c, s = math.cos(a.heart_tilt), math.sin(a.heart_tilt)
+    c, s = em.cos(a.heart_tilt), em.sin(a.heart_tilt)
     r = np.sqrt(((c * dx + s * dy) / hw) ** 2 + ((-s * dx + c * dy) / hh) ** 2)
     return 1 - _smoothstep(0.93, 1.03, r), cy - 0.8 * hh
 
@@ -319,7 +319,7 @@ def _bones(f: _Frame, a: _Anatomy, rng: np.random.Generator) -> np.ndarray:
     s = Y + 0.35 * U - 1.5 * U**2
     fr = np.mod(s / a.rib_spacing + a.rib_phase, 1.0)
     post = _smoothstep(0.0, 0.07, fr) * (1 - _smoothstep(0.28, 0.36, fr))
-    cortex = np.exp(-(((fr - 0.04) / 0.035) ** 2)) + np.exp(-(((fr - 0.32) / 0.035) ** 2))
+    cortex = em.exp(-(((fr - 0.04) / 0.035) ** 2)) + em.exp(-(((fr - 0.32) / 0.035) ** 2))
     # anterior ribs run down and in from the chest wall and fade at the costal cartilage
     sa = Y - 0.55 * (0.42 - U)
     fa = np.mod(sa / (a.rib_spacing * 1.3) + a.rib_phase * 0.7, 1.0)
@@ -330,7 +330,7 @@ def _bones(f: _Frame, a: _Anatomy, rng: np.random.Generator) -> np.ndarray:
         _smoothstep(0.03, 0.06, U) * (1 - _smoothstep(0.36, 0.42, U))
     )
     spine = (1 - _smoothstep(0.028, 0.038, np.abs(X))) * (
-        0.05 + 0.01 * np.cos(2 * np.pi * Y / 0.058 + rng.uniform(0, 6.3))
+        0.05 + 0.01 * em.cos(2 * np.pi * Y / 0.058 + em.uniform(rng, 0, 6.3))
     )
     scap_edge = a.scap_x + 0.12 * (Y + 0.3)
     scap = (
@@ -368,13 +368,13 @@ def _match_histogram(img: np.ndarray, reference: np.ndarray) -> np.ndarray:
     ramp = np.arange(q.size) * 1e-7  # flat stretches (background, saturation) keep xp increasing
     src = np.quantile(img[::2, ::2], q) + ramp
     dst = np.quantile(reference, q)
-    return np.interp(img, src, dst).astype(np.float32)
+    return em.interp(img, src, dst).astype(np.float32)
 
 
 def _ridges(rng: np.random.Generator, cells: int, shape: tuple[int, int]) -> np.ndarray:
     """Thin worm-like ridges (0..1) along the zero crossings of smooth noise: vessel markings."""
     n = _smooth_noise(rng, cells, shape)
-    return np.exp(-((n / 0.22) ** 2))
+    return em.exp(-((n / 0.22) ** 2))
 
 
 def _ellipse_blob(
@@ -391,28 +391,34 @@ def _ellipse_blob(
     X, Y = f.X[win] - X0, f.Y[win] - Y0
     field = np.zeros(X.shape, np.float32)
     for _ in range(lumps):
-        r, phi = 0.5 * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
-        lx, ly = r * ra * math.cos(phi), r * rb * math.sin(phi)
-        sx, sy = ra * rng.uniform(0.35, 0.6), rb * rng.uniform(0.35, 0.6)
-        field += np.exp(-(((X - lx) / sx) ** 2 + ((Y - ly) / sy) ** 2) / 2)
+        r, phi = 0.5 * math.sqrt(rng.random()), em.uniform(rng, 0, 2 * math.pi)
+        lx, ly = r * ra * em.cos(phi), r * rb * em.sin(phi)
+        sx, sy = ra * em.uniform(rng, 0.35, 0.6), rb * em.uniform(rng, 0.35, 0.6)
+        field += em.exp(-(((X - lx) / sx) ** 2 + ((Y - ly) / sy) ** 2) / 2)
     envelope = 1 - _smoothstep(0.85, 1.0, np.sqrt((X / ra) ** 2 + (Y / rb) ** 2))
     return win, field * envelope
+
+
+def _lower_lobes(rng: np.random.Generator) -> float:
+    """A draw on [0, 1) skewed towards 1 (the lung bases), like Beta(2, 1.4): a Kumaraswamy
+    variable, by inversion, since numpy's beta sampler runs through libm."""
+    return math.sqrt(1.0 - em.power(1.0 - rng.random(), 1 / 1.4))
 
 
 def _one_opacity(
     f: _Frame, a: _Anatomy, rng: np.random.Generator, side: int, shrink: float, aerated: np.ndarray
 ) -> tuple[tuple[slice, slice], np.ndarray] | None:
     """Try to draw one consolidation in one lung; None when too little of it would show."""
-    w = np.exp(rng.normal(np.log(BOX_W[0]), BOX_W[1])).clip(*BOX_W[2:]) / 1024
-    h = np.exp(rng.normal(np.log(BOX_H[0]), BOX_H[1])).clip(*BOX_H[2:]) / 1024
+    w = float(np.clip(em.exp(em.normal(rng, em.log(BOX_W[0]), BOX_W[1])), *BOX_W[2:])) / 1024
+    h = float(np.clip(em.exp(em.normal(rng, em.log(BOX_H[0]), BOX_H[1])), *BOX_H[2:])) / 1024
     base = a.base[0 if side < 0 else 1]
     # half-axes in patient units, kept inside one lung field; the drawn blob fills about 85 %
     # of its ellipse, hence the factors that aim the boxes at RSNA's sizes
     ra = min(w / 1.5 / f.scale, 0.5 * (a.lat - a.med)) * shrink
     rb = min(h / 1.55 / f.scale, 0.46 * (base - a.apex)) * shrink
-    u = rng.uniform(a.med + ra * 0.7, max(a.lat - ra * 0.7, a.med + ra * 0.7 + 1e-3))
+    u = em.uniform(rng, a.med + ra * 0.7, max(a.lat - ra * 0.7, a.med + ra * 0.7 + 1e-3))
     lo, hi = a.apex + 0.08 + rb * 0.6, base - 0.04 - rb * 0.6
-    yc = lo + (hi - lo) * rng.beta(2.0, 1.4) if hi > lo else (lo + hi) / 2
+    yc = lo + (hi - lo) * _lower_lobes(rng) if hi > lo else (lo + hi) / 2
     win, blob = _ellipse_blob(f, rng, side * u, yc, ra, rb, int(rng.integers(4, 8)))
     if blob.size == 0:
         return None
@@ -423,9 +429,10 @@ def _one_opacity(
     mottle = _smooth_noise(rng, int(np.clip(side_px / 7, 5, 24)), blob.shape)
     patchy *= np.clip(0.62 + 0.38 * mottle, 0.15, 1.0)
     patchy *= 1 - 0.45 * _ridges(rng, max(3, side_px // 16), blob.shape)
-    shown = patchy * rng.uniform(0.7, 1.0)
+    shown = patchy * em.uniform(rng, 0.7, 1.0)
     visible = shown * aerated[win] > 0.12
-    area = math.pi * ra * rb * (f.scale * f.w) ** 2
+    px = f.scale * f.w
+    area = math.pi * ra * rb * px * px
     if visible.sum() < max(0.3 * area, 4):  # mostly hidden by the heart or the diaphragm
         return None
     return win, np.where(visible, shown, 0).astype(np.float32)
@@ -491,12 +498,19 @@ def _curve(points: list[tuple[float, float]], n: int = 400) -> tuple[np.ndarray,
     t = np.linspace(0, 1, len(p))
     s = np.linspace(0, 1, n)
     # quadratic-ish smoothing: interpolate, then average with a shifted copy
-    x, y = np.interp(s, t, p[:, 0]), np.interp(s, t, p[:, 1])
+    x, y = em.interp(s, t, p[:, 0]), em.interp(s, t, p[:, 1])
     k = max(n // (4 * len(p)), 1)
-    ker = np.ones(2 * k + 1) / (2 * k + 1)
-    x = np.convolve(np.pad(x, k, mode="edge"), ker, "valid")
-    y = np.convolve(np.pad(y, k, mode="edge"), ker, "valid")
-    return x, y
+    return _moving_average(x, k), _moving_average(y, k)
+
+
+def _moving_average(v: np.ndarray, k: int) -> np.ndarray:
+    """Mean over a window of 2k + 1 (edges repeated), summed in a fixed order: np.convolve
+    would hand this to BLAS, whose kernels differ between CPUs."""
+    padded = np.pad(v, k, mode="edge")
+    total = padded[: v.size].copy()
+    for j in range(1, 2 * k + 1):
+        total += padded[j : j + v.size]
+    return total / (2 * k + 1)
 
 
 class _Pen:
@@ -508,7 +522,7 @@ class _Pen:
         self.thick = max(1, round(f.w / 256))
 
     def jitter(self, s: float = 0.01) -> float:
-        return float(self.rng.normal(0, s))
+        return float(em.normal(self.rng, 0, s))
 
     def line(self, points: list[tuple[float, float]], extra: int = 0) -> None:
         x, y = _curve(points, n=4 * self.f.w)
@@ -516,7 +530,7 @@ class _Pen:
 
     def ring(self, x: float, y: float, rx: float, ry: float) -> None:
         t = np.linspace(0, 2 * np.pi, 120)
-        _stamp(self.layer, *self.f.to_pixels(x + rx * np.cos(t), y + ry * np.sin(t)), self.thick)
+        _stamp(self.layer, *self.f.to_pixels(x + rx * em.cos(t), y + ry * em.sin(t)), self.thick)
 
     def block(self, x: float, y: float, hw: float, hh: float) -> None:
         cols, rows = self.f.to_pixels(np.array([x - hw, x + hw]), np.array([y - hh, y + hh]))
@@ -526,7 +540,7 @@ class _Pen:
 
 
 def _et_tube(pen: _Pen, a: _Anatomy) -> None:
-    end = a.apex + 0.2 - pen.rng.uniform(0.03, 0.08)  # tip a few cm above the carina
+    end = a.apex + 0.2 - em.uniform(pen.rng, 0.03, 0.08)  # tip a few cm above the carina
     pen.line([(pen.jitter(), -0.6), (pen.jitter(0.005), -0.45), (pen.jitter(0.005), end)], 1)
 
 
@@ -549,7 +563,7 @@ def _central_line(pen: _Pen, a: _Anatomy) -> None:
 
 def _ecg_leads(pen: _Pen, a: _Anatomy) -> None:
     for _ in range(int(pen.rng.integers(2, 5))):
-        x, y = pen.rng.uniform(-0.38, 0.38), pen.rng.uniform(-0.35, 0.25)
+        x, y = em.uniform(pen.rng, -0.38, 0.38), em.uniform(pen.rng, -0.35, 0.25)
         pen.ring(x, y, 0.013, 0.013)
         pen.block(x, y, 0.003, 0.003)
         edge = float(pen.rng.choice([-0.6, 0.6]))
@@ -592,13 +606,13 @@ def _nodules(
     """Small, sharp, homogeneous round densities (a mass is a single larger one)."""
     out = np.zeros_like(aerated)
     for _ in range(n):
-        r = rng.uniform(0.028, 0.045) if mass else rng.uniform(0.007, 0.02)
+        r = em.uniform(rng, 0.028, 0.045) if mass else em.uniform(rng, 0.007, 0.02)
         side = rng.choice([-1, 1])
-        X0 = side * rng.uniform(a.med + 0.05, a.lat - 0.05)
-        Y0 = rng.uniform(a.apex + 0.08, min(a.base) - 0.12)
+        X0 = side * em.uniform(rng, a.med + 0.05, a.lat - 0.05)
+        Y0 = em.uniform(rng, a.apex + 0.08, min(a.base) - 0.12)
         win = f.window(X0, Y0, r * 1.3)
         d = np.sqrt((f.X[win] - X0) ** 2 + (f.Y[win] - Y0) ** 2)
-        disc = (1 - _smoothstep(r * 0.85, r, d)) * rng.uniform(0.2, 0.35)
+        disc = (1 - _smoothstep(r * 0.85, r, d)) * em.uniform(rng, 0.2, 0.35)
         out[win] = np.maximum(out[win], disc * (aerated[win] > 0.5))
     return out
 
@@ -608,9 +622,10 @@ def _effusion(f: _Frame, a: _Anatomy, rng: np.random.Generator, sides: list[int]
     out = np.zeros_like(f.X)
     for side in sides:
         base = a.base[0 if side < 0 else 1]
-        h = rng.uniform(0.04, 0.1)
+        h = em.uniform(rng, 0.04, 0.1)
         u = side * f.X
-        top = base - h + 0.9 * np.clip(a.lat - u, 0, None) ** 1.5
+        depth = np.clip(a.lat - u, 0, None)
+        top = base - h + 0.9 * depth * np.sqrt(depth)  # depth ** 1.5 without libm's pow
         out = np.maximum(out, _smoothstep(-0.01, 0.01, f.Y - top) * (u > 0))
     return out
 
@@ -639,6 +654,16 @@ def _device_kinds(rng: np.random.Generator, view: str) -> list[str]:
     return sorted(set(k))
 
 
+def _grain(rng: np.random.Generator, sd: float, shape: tuple[int, int]) -> np.ndarray:
+    """Film grain with standard deviation ``sd``: triangular noise (the sum of two uniforms),
+    which looks like Gaussian noise once JPEG-encoded and costs no transcendental function."""
+    g = rng.random(shape, dtype=np.float32)
+    g += rng.random(shape, dtype=np.float32)
+    g -= np.float32(1.0)
+    g *= np.float32(sd * math.sqrt(6.0))
+    return g
+
+
 def render(patient: Patient, rng: np.random.Generator, size: int) -> Rendered:
     """Draw the radiograph of ``patient`` at ``size`` x ``size`` pixels, with its boxes."""
     w = min(size, WORK_SIZE)
@@ -650,9 +675,11 @@ def render(patient: Patient, rng: np.random.Generator, size: int) -> Rendered:
     raised = (0.0, 0.0)
     if "raised_diaphragm" in findings:
         raised = (
-            (rng.uniform(0.05, 0.09), 0.0) if rng.random() < 0.5 else (0.0, rng.uniform(0.05, 0.09))
+            (em.uniform(rng, 0.05, 0.09), 0.0)
+            if rng.random() < 0.5
+            else (0.0, em.uniform(rng, 0.05, 0.09))
         )
-    heart_scale = rng.uniform(1.18, 1.32) if "cardiomegaly" in findings else 1.0
+    heart_scale = em.uniform(rng, 1.18, 1.32) if "cardiomegaly" in findings else 1.0
 
     X, Y = f.X, f.Y
     U = np.abs(X)
@@ -666,18 +693,18 @@ def render(patient: Patient, rng: np.random.Generator, size: int) -> Rendered:
     b = body * (0.3 + 0.26 * thick + 0.14 * soft + _bones(f, a, rng))
     trachea = (1 - _smoothstep(0.011, 0.019, np.abs(X))) * (1 - _smoothstep(-0.22, -0.14, Y))
     b -= 0.06 * trachea * body
-    bubble = np.exp(-(((X - 0.2) / 0.05) ** 2 + ((Y - a.base[1] - 0.03) / 0.022) ** 2) / 2)
-    b -= bubble * below * rng.uniform(0.0, 0.12)
+    bubble = em.exp(-(((X - 0.2) / 0.05) ** 2 + ((Y - a.base[1] - 0.03) / 0.022) ** 2) / 2)
+    b -= bubble * below * em.uniform(rng, 0.0, 0.12)
     if patient.sex == "F" and patient.age >= 14:
-        breast = np.exp(-(((U - 0.27) / 0.14) ** 2 + ((Y - a.base[0] + 0.05) / 0.1) ** 2) / 2)
-        b += breast * body * rng.uniform(0.0, 0.05)
+        breast = em.exp(-(((U - 0.27) / 0.14) ** 2 + ((Y - a.base[0] + 0.05) / 0.1) ** 2) / 2)
+        b += breast * body * em.uniform(rng, 0.0, 0.05)
 
     # Lung markings: vessels branch out of the hila and fade towards the periphery.
     hilum_y = a.apex + 0.45 * (min(a.base) - a.apex)
     d_hilum = np.sqrt((U - 0.13) ** 2 + ((Y - hilum_y) * 0.8) ** 2)
-    near = np.exp(-d_hilum / 0.1)
+    near = em.exp(-d_hilum / 0.1)
     vessels = _ridges(rng, 14, (w, w)) * (0.3 + near) + 0.5 * _ridges(rng, 34, (w, w)) * near
-    hila = np.exp(-(((U - 0.13) / 0.03) ** 2 + ((Y - hilum_y) / 0.05) ** 2) / 2)
+    hila = em.exp(-(((U - 0.13) / 0.03) ** 2 + ((Y - hilum_y) / 0.05) ** 2) / 2)
     b += aerated * (0.05 * vessels + 0.06 * hila)
 
     boxes, op = np.zeros((0, 4)), np.zeros_like(aerated)
@@ -704,24 +731,20 @@ def render(patient: Patient, rng: np.random.Generator, size: int) -> Rendered:
     # histogram analysis, the display curve normalises the film's histogram, here to that of the
     # same chest without findings: findings change local contrast, not the global histogram.
     ap = patient.view == "AP"
-    lo = rng.uniform(0.0, 0.07) + (0.01 if ap else 0.0)
-    hi = rng.uniform(0.8, 0.98) - (0.025 if ap else 0.0)
-    gamma = rng.uniform(0.8, 1.3)
+    lo = em.uniform(rng, 0.0, 0.07) + (0.01 if ap else 0.0)
+    hi = em.uniform(rng, 0.8, 0.98) - (0.025 if ap else 0.0)
+    gamma = em.uniform(rng, 0.8, 1.3)
 
     def display(v: np.ndarray) -> np.ndarray:
-        return lo + (hi - lo) * np.clip(v / 0.85, 0, 1) ** gamma
+        return lo + (hi - lo) * em.power(np.clip(v / 0.85, 0, 1), gamma)
 
     img = _match_histogram(display(b), display(reference[::2, ::2]))
-    img += rng.normal(0, rng.uniform(0.006, 0.014) * (1.25 if ap else 1.0), img.shape)
+    img += _grain(rng, em.uniform(rng, 0.006, 0.014) * (1.25 if ap else 1.0), img.shape)
     img = img.astype(np.float32)
     if size != w:
-        img = np.asarray(Image.fromarray(img, "F").resize((size, size), Image.Resampling.BILINEAR))
-        # fine grain at full size; uniform noise is four times cheaper to draw than normal and
-        # looks the same once JPEG-encoded
-        grain = rng.random((size, size), dtype=np.float32)
-        grain -= np.float32(0.5)
-        grain *= np.float32(rng.uniform(0.006, 0.012) * math.sqrt(12))
-        img = img + grain
+        img = em.resize(img, (size, size), cubic=False)
+        # and fine grain at full size
+        img += _grain(rng, em.uniform(rng, 0.006, 0.012), (size, size))
     img *= np.float32(255)
     img += np.float32(0.5)
     image = np.clip(img, 0, 255, out=img).astype(np.uint8)

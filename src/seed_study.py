@@ -1,0 +1,124 @@
+"""The seed study: how far the headline figures move when only ``train.seed`` changes.
+
+    python src/seed_study.py                 # queue seeds 1-5, run them one at a time, report
+    python src/seed_study.py --seeds 1 2 3   # other seeds
+    python src/seed_study.py --report        # only report the experiments already run
+
+Each seed is a DVC experiment (``dvc exp run --queue -n seed-<s> -S train.seed=<s>``) on the
+committed data, so download, split and preprocess are restored from the run-cache and only
+train, infer, evaluate and cam run. The report reads ``dvc exp show --json``: the mean, sd and
+range of each headline metric over the seed experiments, their largest distance from the mean,
+and the tolerance that the README promises for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+# metric file, key path, the README's tolerance (largest distance from the seeds' mean)
+HEADLINE = {
+    "test AUROC": ("metrics/eval.json", ("test", "auroc"), 0.01),
+    "test sensitivity at the operating point": (
+        "metrics/eval.json",
+        ("test", "op", "recall"),
+        None,
+    ),
+    "test specificity at the operating point": (
+        "metrics/eval.json",
+        ("test", "op", "specificity"),
+        None,
+    ),
+    "operating threshold (chosen on val)": ("metrics/eval.json", ("test", "op", "threshold"), None),
+    "CAM pointing": ("metrics/cam.json", ("cam.pointing",), 0.05),
+    "CAM IoU": ("metrics/cam.json", ("cam.iou",), 0.05),
+    "baseline IoU": ("metrics/cam.json", ("baseline.iou",), None),
+}
+PREFIX = "seed-"
+
+
+def dvc(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"seed_study: dvc {' '.join(args)} failed:\n{proc.stderr.strip()}")
+    return proc.stdout
+
+
+def queue_and_run(seeds: list[int], poll_s: float = 10.0) -> None:
+    """Queue one experiment per seed, start one worker, wait until the queue is empty."""
+    for s in seeds:
+        dvc("exp", "run", "--queue", "-n", f"{PREFIX}{s}", "-S", f"train.seed={s}")
+    dvc("queue", "start", "-j", "1")
+    t0 = time.monotonic()
+    while True:
+        status = dvc("queue", "status")
+        waiting = [ln for ln in status.splitlines() if " Queued " in ln or " Running " in ln]
+        failed = [ln for ln in status.splitlines() if " Failed " in ln]
+        if failed:
+            sys.exit("seed_study: experiments failed (see `dvc queue logs <name>`):\n" + status)
+        if not waiting:
+            break
+        print(f"{len(waiting)} experiment(s) to go ({time.monotonic() - t0:.0f} s)", flush=True)
+        time.sleep(poll_s)
+
+
+def _experiments(show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, data) of every experiment in ``dvc exp show --json`` output."""
+    for commit in show:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                if rev.get("name") and rev.get("data"):
+                    yield rev["name"], rev["data"]
+
+
+def _lookup(data: dict[str, Any], path: str, keys: tuple[str, ...]) -> float | None:
+    value: Any = (data.get("metrics") or {}).get(path, {}).get("data")
+    for k in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(k)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def report(show: list[dict[str, Any]]) -> list[str]:
+    """Lines of the report: one per headline metric over the ``seed-*`` experiments."""
+    runs = {name: data for name, data in _experiments(show) if name.startswith(PREFIX)}
+    if not runs:
+        return ["no seed-* experiments: run `python src/seed_study.py` first"]
+    names = sorted(runs, key=lambda n: int(n[len(PREFIX) :]) if n[len(PREFIX) :].isdigit() else 0)
+    lines = [f"{len(names)} runs ({', '.join(names)}), same data, only train.seed differs", ""]
+    lines.append(f"{'metric':42s} {'mean':>7s} {'sd':>7s} {'min':>7s} {'max':>7s} {'max |d|':>8s}")
+    for label, (path, keys, tol) in HEADLINE.items():
+        values = [v for n in names if (v := _lookup(runs[n], path, keys)) is not None]
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
+        dev = max(abs(v - mean) for v in values)
+        verdict = "" if tol is None else f"  {'within' if dev <= tol else 'OUTSIDE'} +-{tol}"
+        lines.append(
+            f"{label:42s} {mean:7.4f} {sd:7.4f} {min(values):7.4f} {max(values):7.4f} "
+            f"{dev:8.4f}{verdict}"
+        )
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    ap.add_argument("--report", action="store_true", help="only report the existing experiments")
+    args = ap.parse_args()
+    if not args.report:
+        queue_and_run(args.seeds)
+    show = json.loads(dvc("exp", "show", "--json"))
+    print("\n".join(report(show)))
+
+
+if __name__ == "__main__":
+    main()
