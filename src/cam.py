@@ -16,7 +16,7 @@ from pneumo.params import load_section
 
 MODEL = Path("data/model/model.pt")
 PROCESSED = Path("data/processed")
-PREDICTIONS = Path("data/predictions/test.csv")
+PREDICTIONS = Path("data/predictions")
 OPERATING_POINT = Path("data/operating_point.json")
 GALLERY = Path("plots/cam")
 METRICS = Path("metrics/cam.json")
@@ -25,7 +25,13 @@ METRICS = Path("metrics/cam.json")
 def main() -> None:
     params = load_section("cam")
     model = load_exported(MODEL)
-    test = cam.read_test_set(PROCESSED, PREDICTIONS)
+    val = cam.read_test_set(PROCESSED, PREDICTIONS / "val.csv", split="val")
+    tuned = cam.tune_map_thresholds(
+        model, val, params.thresholds, method=params.method, batch_size=params.batch_size
+    )
+    for prefix, t in tuned.items():
+        print(f"{prefix} map threshold {t['threshold']} (val IoU {t['val_iou']:.4f})")
+    test = cam.read_test_set(PROCESSED, PREDICTIONS / "test.csv")
     threshold, source = cam.read_decision_threshold(OPERATING_POINT)
     print(f"decision threshold {threshold:.4f} ({source})")
     result = cam.analyse(
@@ -34,7 +40,7 @@ def main() -> None:
         decision_threshold=threshold,
         method=params.method,
         k=params.k,
-        map_threshold=params.threshold,
+        map_thresholds={prefix: t["threshold"] for prefix, t in tuned.items()},
         pointing_tolerance=params.pointing_tolerance,
         batch_size=params.batch_size,
         bootstrap=params.bootstrap,

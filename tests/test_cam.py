@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -359,11 +360,13 @@ def _fake_pipeline(root: Path, n: int = 12, size: int = 64) -> tuple[nn.Module, 
     pd.DataFrame({"patientId": ids, "target": targets, "prob": probs}).to_csv(
         root / "data/predictions/test.csv", index=False
     )
+    for name in ("data/processed/test.npy", "data/processed/test.csv", "data/predictions/test.csv"):
+        shutil.copy(root / name, root / name.replace("test", "val"))  # val: the same rows
     threshold = float(np.median(probs))
     op = {"threshold": threshold, "target_sensitivity": 0.9, "method": "target_sensitivity"}
     (root / "data/operating_point.json").write_text(json.dumps(op))
     (root / "params.yaml").write_text(
-        "cam:\n  method: gradcam\n  k: 3\n  alpha: 0.4\n  threshold: 0.5\n"
+        "cam:\n  method: gradcam\n  k: 3\n  alpha: 0.4\n  thresholds: [0.3, 0.5, 0.7]\n"
         "  pointing_tolerance: 0.05\n  bootstrap: 200\n  seed: 0\n  batch_size: 4\n"
     )
     return net, probs
@@ -381,7 +384,7 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
         decision_threshold=0.5,
         method="cam",
         k=2,
-        map_threshold=0.5,
+        map_thresholds={"cam": 0.5, "baseline": 0.5},
         pointing_tolerance=0.05,
         batch_size=5,
         bootstrap=100,
@@ -402,6 +405,33 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
     stale = cam.CamInputs(test.images, test.patient_ids, test.targets, test.boxes, probs[::-1])
     with pytest.raises(ValueError, match="stale"):
         cam.analyse(model, stale, seed=0, **kwargs)
+
+
+def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):
+    net, _ = _fake_pipeline(tmp_path)
+    model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test")
+    val = cam.read_test_set(
+        tmp_path / "data/processed", tmp_path / "data/predictions/val.csv", "val"
+    )
+    candidates = [0.2, 0.4, 0.6, 0.8]
+    tuned = cam.tune_map_thresholds(model, val, candidates, method="cam", batch_size=3)
+    rows = [i for i, t in enumerate(val.targets) if t and len(val.boxes[i])]
+    x = normalize(np.asarray(val.images[rows]), 0.5, 0.25)
+    maps = cam.compute_maps(net, "resnet18", x)[1]
+    gauss = cam.gaussian_map(64)
+    for prefix, per_row in (("cam", list(maps)), ("baseline", [gauss] * len(rows))):
+        mean_iou = [
+            np.mean(
+                [cam.iou_dice(m, val.boxes[i], t)[0] for m, i in zip(per_row, rows, strict=True)]
+            )
+            for t in candidates
+        ]
+        assert tuned[prefix]["threshold"] == candidates[int(np.argmax(mean_iou))]
+        assert tuned[prefix]["val_iou"] == pytest.approx(max(mean_iou))
+        assert tuned[prefix]["n_val_images"] == len(rows) == 5
+    no_boxes = cam.CamInputs(val.images, val.patient_ids, val.targets * 0, val.boxes, val.probs)
+    with pytest.raises(ValueError, match="no validation positive"):
+        cam.tune_map_thresholds(model, no_boxes, candidates, method="cam", batch_size=3)
 
 
 def test_read_inputs_name_the_bad_file_and_row(tmp_path):
@@ -427,6 +457,8 @@ def test_stage_end_to_end(tmp_path):
     metrics = json.loads((tmp_path / "metrics/cam.json").read_text())
     assert metrics["method"] == "gradcam" and metrics["n_images"] == 5
     assert metrics["pointing_tolerance_px"] == pytest.approx(3.2)
+    assert metrics["map_threshold"] in (0.3, 0.5, 0.7)
+    assert metrics["baseline.map_threshold"] in (0.3, 0.5, 0.7)
     for prefix in ("cam", "baseline"):
         for key in ("pointing", "iou", "dice", "mass"):
             lo, mid, hi = (metrics[f"{prefix}.{key}{s}"] for s in ("_lo", "", "_hi"))

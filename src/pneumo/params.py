@@ -133,7 +133,11 @@ class CamParams:
     method: Literal["cam", "gradcam", "gradcam++"] = "cam"
     k: int = 8
     alpha: float = 0.4
-    threshold: float = 0.5  # IoU/Dice: the map region is where it reaches this fraction of its max
+    # IoU/Dice: the map region is where it reaches this fraction of its max; the candidate with
+    # the best mean IoU on the validation positives is used on test (for the baseline likewise)
+    thresholds: list[float] = dataclasses.field(
+        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    )
     pointing_tolerance: float = 0.067  # fraction of the side: 15 px at 224 (Zhang et al. 2016)
     bootstrap: int = 1000
     seed: int = 0  # bootstrap resamples and the random-weights sanity network
@@ -143,7 +147,7 @@ class CamParams:
         checks = {
             "k": self.k >= 0,
             "alpha": 0.0 <= self.alpha <= 1.0,
-            "threshold": 0.0 < self.threshold <= 1.0,
+            "thresholds": bool(self.thresholds) and all(0.0 < t <= 1.0 for t in self.thresholds),
             "pointing_tolerance": 0.0 <= self.pointing_tolerance < 1.0,
             "bootstrap": self.bootstrap >= 0,
             "batch_size": self.batch_size >= 1,
@@ -152,7 +156,8 @@ class CamParams:
         if bad:
             raise ParamsError(
                 f"out of range: {', '.join(bad)} (k, bootstrap >= 0; alpha in [0, 1]; "
-                "threshold in (0, 1]; pointing_tolerance in [0, 1); batch_size >= 1)"
+                "thresholds: a non-empty list in (0, 1]; pointing_tolerance in [0, 1); "
+                "batch_size >= 1)"
             )
 
 
