@@ -93,7 +93,17 @@ def test_evaluate_writes_outputs(predictions: Path, tmp_path: Path):
     # RSNA-like confounding: AP films are positive more often
     assert flat["test.view.AP.prevalence"] > flat["test.view.PA.prevalence"]
     op = json.loads((tmp_path / "op.json").read_text())
-    assert set(op) == {"threshold", "target_sensitivity", "method", "youden_threshold"}
+    assert set(op) == {
+        "threshold",
+        "target_sensitivity",
+        "method",
+        "threshold_lo",
+        "threshold_hi",
+        "n_val_positives",
+        "youden_threshold",
+    }
+    assert op["threshold_lo"] <= op["threshold"] <= op["threshold_hi"]
+    assert flat["test.op.threshold_lo"] == pytest.approx(op["threshold_lo"], rel=1e-5)
     assert op["method"] == "target_sensitivity" and 0 < op["threshold"] < 1
     on_val = (val.prob >= op["threshold"])[val.target == 1].mean()
     assert on_val >= 0.9

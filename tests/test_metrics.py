@@ -329,6 +329,33 @@ def _frame(y, p, rng):
     )
 
 
+def test_operating_point_interval_against_sklearn():
+    """Re-choose the threshold on each val resample with sklearn's ROC curve, score test with
+    sklearn's recall: the same percentile intervals."""
+    yv, pv = _data("smooth")
+    yt, pt = _data("ties")
+    got = M.operating_point_interval((yv, pv), (yt, pt), 0.8, n_resamples=300, seed=3)
+    idx = np.random.default_rng(3).integers(0, len(yv), size=(300, len(yv)))
+    thr, sens, spec = [], [], []
+    for row in idx:
+        y, p = yv[row], pv[row]
+        if not 0 < y.sum() < len(y):
+            continue
+        fpr, tpr, t = skm.roc_curve(y, p, drop_intermediate=False)
+        chosen = t[np.argmax(tpr >= math.ceil(0.8 * y.sum() - 1e-9) / y.sum())]
+        thr.append(chosen)
+        sens.append(skm.recall_score(yt, pt >= chosen))
+        spec.append(skm.recall_score(1 - yt, pt < chosen))
+    for key, values in (
+        ("threshold", thr),
+        ("recall_rechosen", sens),
+        ("specificity_rechosen", spec),
+    ):
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        assert got[f"{key}_lo"] == pytest.approx(lo) and got[f"{key}_hi"] == pytest.approx(hi)
+    assert got["threshold_lo"] < got["threshold_hi"]  # the choice really moves
+
+
 def test_evaluate_layout_and_op_point():
     rng = np.random.default_rng(0)
     yv, pv = _data("smooth")
@@ -337,12 +364,17 @@ def test_evaluate_layout_and_op_point():
         _frame(yv, pv, rng), _frame(yt, pt, rng), thresholds=[0.5, 0.25, 0.125], bootstrap=200
     )
     op = ev.operating_point
+    spread = M.operating_point_interval((yv, pv), (yt, pt), 0.9, 200, 0)
     assert op == {
         "threshold": M.threshold_for_sensitivity(yv, pv, 0.9),
         "target_sensitivity": 0.9,
         "method": "target_sensitivity",
+        "threshold_lo": spread["threshold_lo"],
+        "threshold_hi": spread["threshold_hi"],
+        "n_val_positives": int(yv.sum()),
         "youden_threshold": M.youden_threshold(yv, pv),
     }
+    assert op["threshold_lo"] <= op["threshold"] <= op["threshold_hi"]
     test = ev.metrics["test"]
     assert test["auroc"] == pytest.approx(skm.roc_auc_score(yt, pt), abs=1e-5)  # rounded
     assert test["auroc_lo"] <= test["auroc"] <= test["auroc_hi"]

@@ -280,7 +280,7 @@ def test_tiny_fit_lowers_the_loss_and_validation_matches_sklearn(blobs, tmp_path
     before_threads = torch.get_num_threads()
     L.seed_everything(0)
     dm = XrayDataModule(blobs, batch_size=16, seed=0)
-    module = PneumoniaClassifier(lr=3e-3, scheduler="none", max_epochs=8)
+    module = PneumoniaClassifier(lr=1e-3, scheduler="none", max_epochs=12)
     images = np.load(blobs / "train.npy")
     targets = torch.tensor(dm.train_targets(), dtype=torch.float32)
 
@@ -292,12 +292,15 @@ def test_tiny_fit_lowers_the_loss_and_validation_matches_sklearn(blobs, tmp_path
             ).item()
 
     before = train_loss()
-    trainer = _trainer(max_epochs=8, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = _trainer(max_epochs=12, limit_val_batches=0, default_root_dir=tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, dm)
     after = train_loss()
-    assert after < 0.8 * before, (before, after)
+    # 12 epochs at 1e-3 fit 64 blob images on every CPU tried (0.70 -> below 0.05 with the
+    # default kernels, ATEN_CPU_CAPABILITY=default and ONEDNN_MAX_CPU_ISA=SSE41 alike); the old 8
+    # epochs at 3e-3 ended anywhere from 0.08 to 0.68 depending on the CPU's kernels
+    assert after < 0.3 * before, (before, after)
     assert torch.get_num_threads() == before_threads
 
     # validation metrics are torchmetrics over the whole split: compare with scikit-learn

@@ -346,6 +346,48 @@ def bootstrap_ci(
     return out
 
 
+def operating_point_interval(
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    target_sensitivity: float,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float | None]:
+    """How far the operating point moves with the validation sample it was chosen on.
+
+    The threshold is chosen again (``threshold_for_sensitivity``) on each bootstrap resample of
+    the validation split, and test sensitivity and specificity are read at each re-chosen
+    threshold: percentile intervals of the three. ``bootstrap_ci`` holds the threshold fixed; this
+    adds the uncertainty of choosing it, which with a few dozen validation positives dominates.
+    Resamples with one class are skipped; None when none is left.
+    """
+    (vy, vp), (ty, tp) = val, test
+    n = len(vy)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    chosen = [
+        threshold_for_sensitivity(vy[row], vp[row], target_sensitivity)
+        for row in idx
+        if 0 < vy[row].sum() < n
+    ]
+    keys = ("threshold", "recall_rechosen", "specificity_rechosen")
+    if not chosen:
+        return {f"{k}_{end}": None for k in keys for end in ("lo", "hi")}
+    thr = np.asarray(chosen)
+    pos, neg = np.sort(tp[ty == 1]), np.sort(tp[ty == 0])
+    values = {
+        "threshold": thr,
+        "recall_rechosen": 1.0 - np.searchsorted(pos, thr, side="left") / max(len(pos), 1),
+        "specificity_rechosen": np.searchsorted(neg, thr, side="left") / max(len(neg), 1),
+    }
+    q = [50.0 * (1.0 - level), 50.0 * (1.0 + level)]
+    out: dict[str, float | None] = {}
+    for key, v in values.items():
+        lo, hi = np.percentile(v, q)
+        out[f"{key}_lo"], out[f"{key}_hi"] = float(lo), float(hi)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Subgroups
 
@@ -462,6 +504,10 @@ def evaluate(
     for name, (y, p) in arrays.items():
         metrics[name] = _split_metrics(y, p, decisions, bootstrap, seed, calibration_bins)
         metrics[name]["op"]["target"] = target_sensitivity
+    spread = operating_point_interval(
+        arrays["val"], arrays["test"], target_sensitivity, bootstrap, seed
+    )
+    metrics["test"]["op"].update(spread)
     y, p = arrays["test"]
     groups = {
         "view": subgroup_labels(test["view"]),
@@ -475,6 +521,10 @@ def evaluate(
         "threshold": op,
         "target_sensitivity": target_sensitivity,
         "method": "target_sensitivity",
+        # the threshold chosen again on bootstrap resamples of val (operating_point_interval)
+        "threshold_lo": spread["threshold_lo"],
+        "threshold_hi": spread["threshold_hi"],
+        "n_val_positives": int(arrays["val"][0].sum()),
         "youden_threshold": youden,
     }
     plots = plot_data(arrays, decisions, calibration_bins)
