@@ -35,8 +35,9 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pneumo.cache import SPLIT_COLUMNS, available_cores, build_cache  # noqa: E402
+from pneumo.cache import SPLIT_COLUMNS, build_cache  # noqa: E402
 from pneumo.synthetic import generate  # noqa: E402
+from pneumo.workers import available_cores  # noqa: E402
 
 TARGET_RATIO = 1.8
 TARGET_PEAK_MB = 1024

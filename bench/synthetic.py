@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pneumo import synthetic  # noqa: E402
+from pneumo import synthetic
+from pneumo.workers import n_workers  # noqa: E402
 
 
 def rate(n: int, size: int, workers: int) -> float:
@@ -191,7 +192,7 @@ def main() -> None:
     ap.add_argument("--n-learn", type=int, default=2000, help="patients for --learnability")
     ap.add_argument("--epochs", type=int, default=4)
     args = ap.parse_args()
-    workers = synthetic.n_workers(args.workers)
+    workers = n_workers(args.workers)
     print(f"workers: {workers}")
     for size in (1024, 512):
         r = rate(args.n_rate, size, args.workers)

@@ -21,7 +21,8 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
@@ -31,7 +32,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from pneumo.data import XrayDataModule, write_blob_dataset  # noqa: E402
 from pneumo.model import build_network, normalize  # noqa: E402
-from pneumo.params import AugmentParams, as_dict  # noqa: E402
+from pneumo.params import as_dict, load_section  # noqa: E402
 from pneumo.training import PneumoniaClassifier, pos_weight_from_targets  # noqa: E402
 
 WARMUP = 3
@@ -51,7 +52,11 @@ def lightning_rate(data: Path, batch: int, steps: int, workers: int, seed: int) 
     """Images / s of Trainer.fit with the project's DataModule and LightningModule."""
     L.seed_everything(seed, verbose=False)
     dm = XrayDataModule(
-        data, batch_size=batch, num_workers=workers, seed=seed, augment=as_dict(AugmentParams())
+        data,
+        batch_size=batch,
+        num_workers=workers,
+        seed=seed,
+        augment=as_dict(load_section("train", ROOT / "params.yaml").augment),
     )
     module = PneumoniaClassifier(pos_weight=pos_weight_from_targets(dm.train_targets()))
     clock = StepClock()
@@ -102,7 +107,11 @@ def bare_rate(data: Path, batch: int, steps: int, seed: int) -> float:
 def pipeline_rate(data: Path, batch: int, workers: int, seed: int) -> float:
     """Images / s of the input pipeline alone: memmap loader + augmentation + normalisation."""
     dm = XrayDataModule(
-        data, batch_size=batch, num_workers=workers, seed=seed, augment=as_dict(AugmentParams())
+        data,
+        batch_size=batch,
+        num_workers=workers,
+        seed=seed,
+        augment=as_dict(load_section("train", ROOT / "params.yaml").augment),
     )
     dm.setup("fit")
     start, n = time.perf_counter(), 0

@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pneumo import cam
 from pneumo.atomic import write_json
 from pneumo.model import load_exported
-from pneumo.params import load_section
+from pneumo.params import load_or_exit
 
 MODEL = Path("data/model/model.pt")
 PROCESSED = Path("data/processed")
@@ -23,7 +23,7 @@ METRICS = Path("metrics/cam.json")
 
 
 def main() -> None:
-    params = load_section("cam")
+    params = load_or_exit("cam")
     model = load_exported(MODEL)
     val = cam.read_test_set(PROCESSED, PREDICTIONS / "val.csv", split="val")
     tuned = cam.tune_map_thresholds(

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pneumo import sources, synthetic
-from pneumo.params import load_section
+from pneumo.params import load_or_exit
 
 RAW = Path("data/raw")
 DOWNLOADS = Path("data/downloads")  # the Kaggle zip stays here between runs (not a DVC out)
@@ -17,7 +17,7 @@ DOWNLOADS = Path("data/downloads")  # the Kaggle zip stays here between runs (no
 def main() -> None:
     """Build data/raw/ from the synthetic generator, the RSNA archive or a class-folder tree."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    p = load_section("data")
+    p = load_or_exit("data")
     try:
         if p.source == "synthetic":
             s = p.synthetic

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumo.metrics import evaluate, read_predictions, write_evaluation
-from pneumo.params import load_section
+from pneumo.params import load_or_exit
 
 PREDICTIONS = Path("data/predictions")
 METRICS = Path("metrics/eval.json")
@@ -18,7 +18,7 @@ OPERATING_POINT = Path("data/operating_point.json")
 
 
 def main() -> None:
-    params = load_section("evaluate")
+    params = load_or_exit("evaluate")
     result = evaluate(
         read_predictions(PREDICTIONS / "val.csv"),
         read_predictions(PREDICTIONS / "test.csv"),

@@ -19,7 +19,7 @@ import pandas as pd
 
 from pneumo.atomic import atomic_dir
 from pneumo.model import Exported, load_exported, predict_proba
-from pneumo.params import load_section
+from pneumo.params import load_or_exit
 
 MODEL = Path("data/model/model.pt")
 PROCESSED = Path("data/processed")
@@ -69,7 +69,7 @@ def run(model_path: Path, processed: Path, out_dir: Path, batch_size: int) -> No
 
 
 def main() -> None:
-    params = load_section("evaluate")
+    params = load_or_exit("evaluate")
     run(MODEL, PROCESSED, PREDICTIONS, params.batch_size)
     print(f"wrote {', '.join(str(PREDICTIONS / f'{s}.csv') for s in SPLITS)}")
 

@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 from pneumo.cache import PreprocessError, build_cache, print_summary
-from pneumo.params import load_section
+from pneumo.params import load_or_exit
 
 RAW, SPLIT, OUT = Path("data/raw"), Path("data/split"), Path("data/processed")
 
 
 def main() -> None:
-    p = load_section("preprocess")
+    p = load_or_exit("preprocess")
     try:
         summary = build_cache(
             RAW,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pneumo import labels
 from pneumo.atomic import write_json
-from pneumo.params import load_section
+from pneumo.params import load_or_exit
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/split")
@@ -17,7 +17,7 @@ METRICS = Path("metrics/split.json")
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="split: %(levelname)s %(message)s")
-    p = load_section("split")
+    p = load_or_exit("split")
     try:
         table, flags = labels.build_table(RAW_DIR, max_age=p.max_age)
         splits = labels.split_patients(

@@ -11,20 +11,7 @@ from pathlib import Path
 # one busy process a training step is 1.8x faster on 2 cores, alone 5 % slower (bench/omp.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import lightning as L
-import torch
-
-from pneumo.atomic import write_json
-from pneumo.data import XrayDataModule
-from pneumo.model import export_model
-from pneumo.params import as_dict, load_section
-from pneumo.training import (
-    PneumoniaClassifier,
-    fit,
-    network_from_checkpoint,
-    resolve_pos_weight,
-    write_curves,
-)
+from pneumo.params import as_dict, load_or_exit
 
 PROCESSED = Path("data/processed")
 MODEL_DIR = Path("data/model")
@@ -33,7 +20,22 @@ PLOTS = Path("plots/train")
 
 
 def main() -> None:
-    p = load_section("train")
+    p = load_or_exit("train")
+    # imported after the params check: a typo is reported at once, not after 10 s of imports
+    import lightning as L
+    import torch
+
+    from pneumo.atomic import write_json
+    from pneumo.data import XrayDataModule
+    from pneumo.model import export_model
+    from pneumo.training import (
+        PneumoniaClassifier,
+        fit,
+        network_from_checkpoint,
+        resolve_pos_weight,
+        write_curves,
+    )
+
     if p.threads:
         torch.set_num_threads(p.threads)
     L.seed_everything(p.seed, workers=True)

@@ -17,6 +17,25 @@ REAL_CXR = SHARED_DATA / "real-cxr"
 TINY_MODEL_SIZE = 64
 
 
+def merged(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s keys replaced, recursively (a params profile)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def write_params(root: Path, override: dict) -> Path:
+    """``root/params.yaml``: the repository's params with ``override`` merged in (params.yaml
+    carries every key and the code no defaults, so a test profile starts from the real one)."""
+    import yaml
+
+    params = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), override)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
 def run_stage(script: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python src/<script>`` as dvc runs a stage, from ``cwd`` as the repository root; output
     captured as text, the return code left to the caller."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,23 @@ def test_write_json_refuses_nan_and_keeps_the_old_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="JSON"):
         write_json(path, {"auroc": float("nan")})
     assert json.loads(path.read_text()) == {"auroc": 0.9}
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_run(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no live process now
+    stale = tmp_path / f".out.{dead.pid}.x1y2.tmp"
+    (stale / "sub").mkdir(parents=True)
+    (tmp_path / f".out.{dead.pid}.old").write_text("old")
+    live = tmp_path / f".out.{os.getppid()}.a.tmp"  # a live writer's (our parent): kept
+    live.mkdir()
+    other = tmp_path / ".outer.1.tmp"  # another target's: kept
+    other.mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "f").write_text("new")
+    assert (tmp_path / "out" / "f").read_text() == "new"
+    assert not stale.exists() and not (tmp_path / f".out.{dead.pid}.old").exists()
+    assert live.exists() and other.exists()

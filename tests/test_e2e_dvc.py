@@ -30,6 +30,7 @@ TINY = {
     "evaluate": {"bootstrap": 50},
     "cam": {"k": 2, "bootstrap": 50},
 }
+CHECK = "params"  # the params.yaml check every stage depends on; re-runs on any params change
 UPSTREAM = ("download", "split", "preprocess")
 DOWNSTREAM = ("train", "infer", "evaluate", "cam")
 
@@ -106,7 +107,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_then_nothing(repo: Path) -> None:
     out = dvc(repo, "repro").stdout
-    assert ran_stages(out) == set(UPSTREAM + DOWNSTREAM), out
+    assert ran_stages(out) == {CHECK, *UPSTREAM, *DOWNSTREAM}, out
     for path in (
         "data/raw",
         "data/split",
@@ -128,7 +129,7 @@ def test_repro_runs_every_stage_then_nothing(repo: Path) -> None:
 
 def test_exp_run_reruns_only_training_and_after(repo: Path) -> None:
     out = dvc(repo, "exp", "run", "-n", "lr3e-4", "-S", "train.lr=3e-4").stdout
-    assert ran_stages(out) == set(DOWNSTREAM), out
+    assert ran_stages(out) == {CHECK, *DOWNSTREAM}, out
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     runs = _experiment_runs(shown)
     lrs = {r["params"]["train"]["lr"] for r in runs}
@@ -171,6 +172,31 @@ def test_diffs_between_commits(repo: Path) -> None:
     proc = dvc(repo, "plots", "diff", "HEAD~1", "-o", str(page))
     assert (page / "index.html").is_file(), proc.stdout + proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
+
+
+def test_a_params_typo_stops_the_dag_and_loses_no_output(repo: Path) -> None:
+    # DVC deletes a stage's outputs before running it: the check stage, upstream of every
+    # stage, must fail first, so that train's model and git-tracked metrics survive a typo
+    kept = ["data/model/model.pt", "metrics/train.json", "metrics/eval.json", "dvc.lock"]
+    kept += [str(p.relative_to(repo)) for p in sorted((repo / "plots" / "train").iterdir())]
+    before = {path: (repo / path).read_bytes() for path in kept}
+    good = (repo / "params.yaml").read_text()
+    for typo, message in (
+        ({"train": {"lrr": 0.1}}, "params.yaml: unknown key train.lrr; known in train: "),
+        ({"train": {"batch_size": -4}}, "params.yaml: train.batch_size must be greater than"),
+    ):
+        set_params(repo, typo)
+        proc = dvc(repo, "repro", check=False)
+        assert proc.returncode != 0
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert ran_stages(proc.stdout) == {CHECK}, proc.stdout
+        after = {path: (repo / path).read_bytes() for path in kept}
+        assert after == before, [p for p in kept if after[p] != before[p]]
+        (repo / "params.yaml").write_text(good)
+    out = dvc(repo, "repro").stdout
+    assert ran_stages(out) <= {CHECK}, out  # the check's output is the same bytes: nothing else
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+    assert (repo / "dvc.lock").read_bytes() == before["dvc.lock"]
 
 
 def test_shared_remote_and_run_cache(repo: Path, tmp_path: Path) -> None:

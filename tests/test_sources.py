@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+from conftest import write_params
 from pneumo import sources, synthetic
 from pneumo.sources import (
     CLASS_INFO_CSV,
@@ -448,19 +449,15 @@ def test_patient_from_name() -> None:
 def test_download_stage_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import download
 
-    (tmp_path / "params.yaml").write_text(
-        "data:\n  source: synthetic\n  synthetic: {n_patients: 5, image_size: 64, seed: 2, "
-        "workers: 1}\n"
-    )
+    synthetic = {"n_patients": 5, "image_size": 64, "seed": 2, "workers": 1}
+    write_params(tmp_path, {"data": {"source": "synthetic", "synthetic": synthetic}})
     monkeypatch.chdir(tmp_path)
     download.main()
     raw = tmp_path / "data" / "raw"
     sources.check_raw(raw)
     assert len(list((raw / TRAIN_IMAGES).glob("*.dcm"))) == 5
     assert '"n_patients": 5' in capsys.readouterr().out
-    (tmp_path / "params.yaml").write_text(
-        f"data:\n  source: folder\n  folder: {{path: {tmp_path / 'nowhere'}}}\n"
-    )
+    write_params(tmp_path, {"data": {"source": "folder", "folder": {"path": str(tmp_path / "x")}}})
     with pytest.raises(SystemExit, match="download: data.folder.path"):
         download.main()
     assert len(list((raw / TRAIN_IMAGES).glob("*.dcm"))) == 5  # previous output intact
@@ -476,3 +473,64 @@ def test_check_raw_names_missing(tmp_path: Path) -> None:
     (tmp_path / TRAIN_IMAGES / "a.dcm").write_bytes(b"")
     with pytest.raises(SourceError, match="lacks column"):
         sources.check_raw(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# zip bombs and links
+
+
+def test_zip_bomb_is_refused_before_anything_is_written(small_raw: Path, tmp_path: Path) -> None:
+    zpath = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for name in (LABELS_CSV, CLASS_INFO_CSV):
+            zf.write(small_raw / name, name)
+        # 8 MiB of zeros deflate to about 8 KB: a 1000-fold member, as in the 4 GiB bomb
+        zf.writestr(f"{TRAIN_IMAGES}/bomb.dcm", bytes(8 << 20), zipfile.ZIP_DEFLATED)
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "keep.txt").write_text("previous output")
+    with pytest.raises(SourceError) as err:
+        sources.fetch_rsna(raw, archive=zpath)
+    message = str(err.value)
+    assert f"'{TRAIN_IMAGES}/bomb.dcm'" in message and "-fold" in message, message
+    assert "nothing extracted" in message and "\n" not in message
+    assert sorted(p.name for p in raw.parent.iterdir()) == ["raw"]  # no temporary folder left
+    assert (raw / "keep.txt").read_text() == "previous output"
+
+
+def test_zip_total_size_limit_names_the_archive(kaggle_zip: Path, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"refusing to extract [\d,]+ bytes, more than the limit"):
+        sources.extract_rsna_zip(kaggle_zip, tmp_path, max_bytes=1000)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "ok").mkdir()
+    counts = sources.extract_rsna_zip(kaggle_zip, tmp_path / "ok")  # within the default limits
+    assert counts["n_train_images"] > 0
+
+
+def test_folder_source_refuses_a_link_leading_outside(kermany: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    _png(secret, 99)
+    (kermany / "train" / "NORMAL" / "innocent.png").symlink_to(secret)
+    raw = tmp_path / "data" / "raw"
+    with pytest.raises(SourceError) as err:
+        sources.import_folder(raw, kermany, {"NORMAL": 0, "PNEUMONIA": 1})
+    assert "innocent.png: a symbolic link to" in str(err.value) and "outside" in str(err.value)
+    assert not raw.exists() and not list(raw.parent.glob(".raw.*"))
+    # a link that stays inside the folder is read like the file it names
+    (kermany / "train" / "NORMAL" / "innocent.png").unlink()
+    (kermany / "train" / "NORMAL" / "inside.png").symlink_to(
+        kermany / "val" / "PNEUMONIA" / "x y(1).png"
+    )
+    with pytest.raises(SourceError, match="same image under two classes"):
+        sources.import_folder(raw, kermany, {"NORMAL": 0, "PNEUMONIA": 1})
+
+
+def test_unpacked_rsna_folder_refuses_a_link_leading_outside(
+    small_raw: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "unpacked"
+    shutil.copytree(small_raw, copy)
+    (copy / TRAIN_IMAGES / "passwd.dcm").symlink_to("/etc/passwd")
+    with pytest.raises(SourceError, match=r"passwd\.dcm: a symbolic link to /etc/passwd"):
+        sources.fetch_rsna(tmp_path / "data" / "raw", archive=copy)
+    assert not (tmp_path / "data" / "raw").exists()

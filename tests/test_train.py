@@ -18,6 +18,7 @@ import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
+from conftest import write_params
 from pneumo.data import read_targets, write_blob_dataset
 from pneumo.model import load_exported, predict_proba
 
@@ -43,7 +44,7 @@ def _project(path: Path, sizes: dict[str, int], **train) -> Path:
     """A directory holding params.yaml (train section) and data/processed, as the stage sees it."""
     write_blob_dataset(path / "data" / "processed", sizes, image_size=32, label_noise={"val": 0.2})
     params = {"lr": 0.003, "max_epochs": 2, "batch_size": 16, "accelerator": "cpu", "devices": 1}
-    (path / "params.yaml").write_text(yaml.safe_dump({"train": params | train}))
+    write_params(path, {"train": params | train})
     return path
 
 
@@ -77,6 +78,11 @@ def test_outputs_and_same_seed_gives_the_same_metrics(tmp_path, monkeypatch):
         assert (tmp_path / "a" / "plots" / "train" / f"{name}.tsv").read_bytes() == (
             tmp_path / "b" / "plots" / "train" / f"{name}.tsv"
         ).read_bytes()
+    # data/model hashes the same in two checkouts of one commit: no machine path in the bytes
+    for rel in ("data/model/model.pt", "data/model/checkpoints/best.ckpt"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    ckpt = torch.load(tmp_path / "a/data/model/checkpoints/best.ckpt", weights_only=False)
+    assert str(tmp_path) not in repr(ckpt["callbacks"])
 
     # metrics/train.json
     assert set(a) == {"best_val_auroc", "best_epoch", "epochs", "max_epochs", "val_images", "last"}
@@ -94,7 +100,7 @@ def test_outputs_and_same_seed_gives_the_same_metrics(tmp_path, monkeypatch):
     assert max(float(r["val_auroc"]) for r in rows) == pytest.approx(a["best_val_auroc"])
     # the exported model is the best checkpoint: its AUROC on val is the best logged one
     model = tmp_path / "a" / "data" / "model"
-    assert sorted(p.name for p in (model / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (model / "checkpoints").iterdir()) == ["best.ckpt"]
     assert _val_auroc_of_export(tmp_path / "a") == pytest.approx(a["best_val_auroc"], abs=1e-6)
     exported = load_exported(model / "model.pt")
     stats = json.loads((tmp_path / "a" / "data" / "processed" / "stats.json").read_text())
@@ -160,7 +166,7 @@ def test_interrupted_training_keeps_good_checkpoints_and_a_rerun_completes(tmp_p
     params_file.write_text(yaml.safe_dump(params))
     done = subprocess.run(cmd, **run, timeout=180)
     assert done.returncode == 0, done.stdout
-    assert _checkpoints_are_readable(ckpt_dir) == ["best.ckpt", "last.ckpt"]
+    assert _checkpoints_are_readable(ckpt_dir) == ["best.ckpt"]
     assert not list(ckpt_dir.glob("*.tmp"))  # the rerun removed what the kill left
     metrics = json.loads((project / "metrics" / "train.json").read_text())
     assert metrics["epochs"] == 3

@@ -74,11 +74,15 @@ def swap_in(new: str | Path, target: str | Path) -> None:
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty folder beside ``target``; on success it replaces ``target`` whole.
 
-    On an exception the folder is deleted and ``target`` is left as it was.
+    On an exception the folder is deleted and ``target`` is left as it was. What a killed run
+    left beside ``target`` (``kill -9`` and SIGTERM run no ``finally``) is removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale(target)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    )
     try:
         yield tmp
         umask = os.umask(0)
@@ -87,3 +91,29 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         swap_in(tmp, target)
     finally:
         remove(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale(target: str | Path) -> list[Path]:
+    """Delete the temporary files and folders beside ``target`` whose writer process is dead.
+
+    Every temporary name here carries its writer's pid (``.<name>.<pid>.*``), so a run never
+    removes what a live run, a parallel ``dvc exp run`` in the same folder say, is writing.
+    """
+    target = Path(target)
+    removed = []
+    for path in sorted(target.parent.glob(f".{target.name}.*")):
+        pid = path.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            remove(path)
+            removed.append(path)
+    return removed

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from pneumo.atomic import remove, swap_in
 from pneumo.dicom import ImageReadError, read_image_with_notes
+from pneumo.workers import die_with_parent, n_workers
 
 RESIZE_MODES = ("pad", "crop", "stretch")
 SPLITS = ("train", "val", "test")
@@ -253,7 +254,8 @@ def _convert_chunk(task: _Task) -> _ChunkResult:
     return result
 
 
-def _child_main(task: _Task, conn: Any) -> None:
+def _child_main(task: _Task, conn: Any, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
     try:
         conn.send(_convert_chunk(task))
     finally:
@@ -263,7 +265,7 @@ def _child_main(task: _Task, conn: Any) -> None:
 def _run_isolated(task: _Task, ctx: Any) -> tuple[_ChunkResult | None, int | None]:
     """Run one chunk in its own process; (None, exit code) if that process died."""
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(task, send), daemon=True)
+    proc = ctx.Process(target=_child_main, args=(task, send, os.getpid()), daemon=True)
     proc.start()
     send.close()
     result = None
@@ -345,7 +347,13 @@ def _run_tasks(tasks: list[_Task], workers: int, progress: bool) -> list[_ChunkR
         pending = list(range(len(tasks)))
         while pending:
             broken = []
-            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=ctx) as pool:
+            pool = ProcessPoolExecutor(
+                min(workers, len(pending)),
+                mp_context=ctx,
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            )
+            with pool:
                 futures = {pool.submit(_convert_chunk, tasks[i]): i for i in pending}
                 for fut in as_completed(futures):
                     i = futures[fut]
@@ -404,7 +412,7 @@ def build_cache(
     splits = {name: _SplitResult(read_split_csv(split_dir / f"{name}.csv")) for name in SPLITS}
     if not splits["train"].rows:
         raise PreprocessError(f"{split_dir / 'train.csv'} has no rows")
-    n_workers = workers or available_cores()
+    workers = n_workers(workers)
 
     tmp = out_dir.parent / f".{out_dir.name}.tmp"
     remove(tmp)
@@ -425,7 +433,7 @@ def build_cache(
                 npy = str(tmp / f"{name}.npy.part")
                 tasks.append(_Task(name, npy, rows, paths, image_size, resize_mode, file_timeout_s))
         notes: Counter = Counter()
-        for task, res in zip(tasks, _run_tasks(tasks, n_workers, progress), strict=True):
+        for task, res in zip(tasks, _run_tasks(tasks, workers, progress), strict=True):
             split = splits[task.split]
             split.transforms.update(res.transforms)
             split.rejected.update(res.rejected)
@@ -464,7 +472,7 @@ def build_cache(
         },
         "stats": stats,
         "notes": dict(notes),
-        "workers": n_workers,
+        "workers": workers,
     }
 
 
@@ -478,14 +486,6 @@ def pixel_stats(histogram: np.ndarray) -> dict[str, float]:
     s1 = sum(v * c for v, c in enumerate(counts))
     s2 = sum(v * v * c for v, c in enumerate(counts))
     return {"mean": s1 / (n * 255), "std": math.sqrt(n * s2 - s1 * s1) / (n * 255)}
-
-
-def available_cores() -> int:
-    """Cores this process may run on (``workers: 0`` means all of them)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _check_args(size: int, mode: str, frac: float, workers: int, chunk: int, timeout: int) -> None:

@@ -1,167 +1,180 @@
-"""params.yaml sections -> frozen, typed dataclasses.
+"""params.yaml sections -> frozen, validated pydantic models.
 
-Each stage script calls ``load_section(<name>)`` once in ``main()`` and passes the fields down as
-arguments. An unknown or misspelt key, or a value of the wrong type, is an error that names the key.
+``params.yaml`` is the one home of every value: the models below carry the types and the ranges,
+no defaults, so a key missing from the file is an error and a library caller cannot get another
+model than ``dvc repro`` does by leaving one out. Each stage script calls ``load_or_exit(<name>)``
+once in ``main()`` and passes the fields down; an unknown, missing, mistyped or out-of-range key
+ends it with one line per key that names it (``params.yaml: train.batch_size must be greater
+than 0, got -4``). The ``params`` stage (``src/check_params.py``) checks the whole file before any
+other stage runs, so a typo stops ``dvc repro`` before DVC deletes any stage's outputs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
+import re
+import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 
 
 class ParamsError(ValueError):
-    """A params.yaml key is unknown, missing or of the wrong type."""
+    """A params.yaml key is unknown, missing, of the wrong type or out of range."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NonNegInt = Annotated[int, Field(ge=0)]
+PosInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# YAML reads an unquoted 32 as an int where the precision names are strings
+Precision = Annotated[Literal["32", "bf16-mixed", "16-mixed"], BeforeValidator(str)]
 
 
 # ----------------------------------------------------------------------------------------------
-# Sections. Defaults here are the library's; params.yaml sets the committed profile.
+# data
 
 
-@dataclasses.dataclass(frozen=True)
-class SyntheticParams:
-    n_patients: int = 2000
-    image_size: int = 1024
-    seed: int = 0
-    workers: int = 0  # 0 = all cores
+class SyntheticParams(_Section):
+    n_patients: PosInt
+    image_size: Annotated[int, Field(ge=32, le=4096)]
+    seed: NonNegInt
+    workers: NonNegInt  # 0 = all cores
 
 
-@dataclasses.dataclass(frozen=True)
-class RsnaParams:
-    archive: str | None = None  # local copy of the zip or its unpacked folder; None = Kaggle client
-    competition: str = "rsna-pneumonia-detection-challenge"
-    keep_test_images: bool = False
+class RsnaParams(_Section):
+    archive: str | None  # local copy of the zip or its unpacked folder; None = Kaggle client
+    competition: Annotated[str, Field(min_length=1)]
+    keep_test_images: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class FolderParams:
-    path: str | None = None
-    classes: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"NORMAL": 0, "PNEUMONIA": 1}
-    )
+class FolderParams(_Section):
+    path: str | None
+    classes: dict[str, Literal[0, 1]]
 
 
-@dataclasses.dataclass(frozen=True)
-class DataParams:
-    source: Literal["synthetic", "rsna", "folder"] = "synthetic"
-    synthetic: SyntheticParams = dataclasses.field(default_factory=SyntheticParams)
-    rsna: RsnaParams = dataclasses.field(default_factory=RsnaParams)
-    folder: FolderParams = dataclasses.field(default_factory=FolderParams)
+class DataParams(_Section):
+    source: Literal["synthetic", "rsna", "folder"]
+    synthetic: SyntheticParams
+    rsna: RsnaParams
+    folder: FolderParams
 
 
-@dataclasses.dataclass(frozen=True)
-class SplitParams:
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 42
-    max_age: int = 120  # older ages are flagged as data errors (RSNA has five, up to 155)
+# ----------------------------------------------------------------------------------------------
+# split, preprocess
 
 
-@dataclasses.dataclass(frozen=True)
-class PreprocessParams:
-    image_size: int = 224
-    resize_mode: Literal["pad", "crop", "stretch"] = "pad"
-    max_rejected_fraction: float = 0.01
-    workers: int = 0  # 0 = all cores
-    chunk_size: int = 64  # files per worker task
-    file_timeout_s: int = 120  # a file taking longer (a stuck decoder) is rejected; 0 = no limit
+class SplitParams(_Section):
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    seed: NonNegInt
+    max_age: PosInt  # older ages are flagged as data errors (RSNA has five, up to 155)
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_train_split(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1, got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentParams:
-    rotation_deg: float = 10.0
-    translate: float = 0.06  # fraction of the image size
-    scale: float = 0.1  # zoom in [1 - scale, 1 + scale]
-    brightness: float = 0.1
-    contrast: float = 0.1
-    hflip: bool = False  # a flipped chest moves the heart
+class PreprocessParams(_Section):
+    image_size: Annotated[int, Field(ge=8, le=4096)]
+    resize_mode: Literal["pad", "crop", "stretch"]
+    max_rejected_fraction: Fraction
+    workers: NonNegInt  # 0 = all cores
+    chunk_size: PosInt  # files per worker task
+    file_timeout_s: NonNegInt  # a file taking longer (a stuck decoder) is rejected; 0 = no limit
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainParams:
-    arch: Literal["resnet18", "densenet121", "efficientnet_v2_s"] = "resnet18"
-    last_stride: Literal[1, 2] = 2  # 1: finer final feature maps for CAM (see model.build_network)
-    pretrained: bool = False
-    weights_path: str | None = None  # ImageNet weights file; None = torchvision's cache
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
-    max_epochs: int = 20
-    batch_size: int = 32
-    loss: Literal["bce", "focal"] = "bce"
-    pos_weight: float | Literal["auto"] = "auto"
-    focal_gamma: float = 2.0
-    balanced_sampling: bool = False
-    early_stopping_patience: int = 5
-    plateau_patience: int = 2  # scheduler: plateau; epochs without a better val AUROC
-    augment: AugmentParams = dataclasses.field(default_factory=AugmentParams)
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
-    num_workers: int = 0
-    threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
-    deterministic: bool = True
-    seed: int = 42
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+class AugmentParams(_Section):
+    rotation_deg: Annotated[float, Field(ge=0.0, le=180.0)]
+    translate: Annotated[float, Field(ge=0.0, lt=0.5)]  # fraction of the image size
+    scale: Annotated[float, Field(ge=0.0, lt=1.0)]  # zoom in [1 - scale, 1 + scale]
+    brightness: Fraction
+    contrast: Fraction
+    hflip: bool  # a flipped chest moves the heart
+
+
+class TrainParams(_Section):
+    arch: Literal["resnet18", "densenet121", "efficientnet_v2_s"]
+    last_stride: Literal[1, 2]  # 1: finer final feature maps for CAM (see model.build_network)
+    pretrained: bool
+    weights_path: str | None  # ImageNet weights file; None = torchvision's cache
+    lr: Annotated[float, Field(gt=0.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    scheduler: Literal["cosine", "plateau", "none"]
+    max_epochs: PosInt
+    batch_size: PosInt
+    loss: Literal["bce", "focal"]
+    pos_weight: Literal["auto"] | Annotated[float, Field(gt=0.0)]
+    focal_gamma: Annotated[float, Field(ge=0.0)]
+    balanced_sampling: bool
+    early_stopping_patience: NonNegInt
+    plateau_patience: PosInt  # scheduler: plateau; epochs without a better val AUROC
+    augment: AugmentParams
+    accelerator: Annotated[str, Field(min_length=1)]
+    devices: PosInt | Annotated[str, Field(min_length=1)]
+    strategy: Annotated[str, Field(min_length=1)]
+    precision: Precision
+    num_workers: NonNegInt
+    threads: NonNegInt  # torch CPU threads; 0 = torch's default (all cores)
+    deterministic: bool
+    seed: NonNegInt
     # small profiles: an int is a number of batches per epoch, a float a fraction of them
-    limit_train_batches: int | float = 1.0
-    limit_val_batches: int | float = 1.0
-    compile: bool = False
+    limit_train_batches: PosInt | Annotated[float, Field(gt=0.0, le=1.0)]
+    limit_val_batches: NonNegInt | Fraction
+    compile: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluateParams:
-    thresholds: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.25])
-    target_sensitivity: float = 0.9
-    bootstrap: int = 1000
-    seed: int = 0
-    calibration_bins: int = 10
+# ----------------------------------------------------------------------------------------------
+# evaluate, cam
+
+
+class EvaluateParams(_Section):
+    thresholds: Annotated[list[Fraction], Field(min_length=1)]
+    target_sensitivity: Annotated[float, Field(gt=0.0, le=1.0)]
+    bootstrap: NonNegInt  # 0 = no intervals
+    seed: NonNegInt
+    calibration_bins: PosInt
     # band edges; the last band is closed ([60, 120]) and older ages (data errors) are unknown
-    age_bands: list[int] = dataclasses.field(default_factory=lambda: [0, 40, 60, 120])
-    batch_size: int = 64
+    age_bands: Annotated[list[NonNegInt], Field(min_length=2)]
+    batch_size: PosInt
+
+    @model_validator(mode="after")
+    def _bands_increase(self) -> EvaluateParams:
+        edges = self.age_bands
+        if any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=True)):
+            raise ValueError(f"age_bands must be increasing, got {edges}")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class CamParams:
-    method: Literal["cam", "gradcam", "gradcam++"] = "cam"
-    k: int = 8
-    alpha: float = 0.4
+class CamParams(_Section):
+    method: Literal["cam", "gradcam", "gradcam++"]
+    k: NonNegInt  # gallery tiles per group
+    alpha: Fraction
     # IoU/Dice: the map region is where it reaches this fraction of its max; the candidate with
     # the best mean IoU on the validation positives is used on test (for the baseline likewise)
-    thresholds: list[float] = dataclasses.field(
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    )
-    pointing_tolerance: float = 0.067  # fraction of the side: 15 px at 224 (Zhang et al. 2016)
-    bootstrap: int = 1000
-    seed: int = 0  # bootstrap resamples and the random-weights sanity network
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        checks = {
-            "k": self.k >= 0,
-            "alpha": 0.0 <= self.alpha <= 1.0,
-            "thresholds": bool(self.thresholds) and all(0.0 < t <= 1.0 for t in self.thresholds),
-            "pointing_tolerance": 0.0 <= self.pointing_tolerance < 1.0,
-            "bootstrap": self.bootstrap >= 0,
-            "batch_size": self.batch_size >= 1,
-        }
-        bad = [f"cam.{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ParamsError(
-                f"out of range: {', '.join(bad)} (k, bootstrap >= 0; alpha in [0, 1]; "
-                "thresholds: a non-empty list in (0, 1]; pointing_tolerance in [0, 1); "
-                "batch_size >= 1)"
-            )
+    thresholds: Annotated[list[Annotated[float, Field(gt=0.0, le=1.0)]], Field(min_length=1)]
+    pointing_tolerance: Annotated[float, Field(ge=0.0, lt=1.0)]  # fraction of the side
+    bootstrap: NonNegInt
+    seed: NonNegInt  # bootstrap resamples and the random-weights sanity network
+    batch_size: PosInt
 
 
-SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type[_Section]] = {
     "data": DataParams,
     "split": SplitParams,
     "preprocess": PreprocessParams,
@@ -176,7 +189,7 @@ SECTIONS: dict[str, type] = {
 
 
 def load_section(name: str, path: str | Path = PARAMS_FILE) -> Any:
-    """Read one section of params.yaml into its dataclass, rejecting unknown keys by name."""
+    """Read and validate one section of params.yaml; ``ParamsError`` names every bad key."""
     if name not in SECTIONS:
         raise ParamsError(f"unknown params section {name!r}; known: {', '.join(SECTIONS)}")
     raw = read_yaml(path)
@@ -186,17 +199,33 @@ def load_section(name: str, path: str | Path = PARAMS_FILE) -> Any:
 
 
 def load_all(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Read and validate every section (unknown top-level sections are errors too)."""
+    """Read and validate every section; errors of all sections at once, one line per key."""
     raw = read_yaml(path)
+    lines = []
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise ParamsError(
+        lines.append(
             f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
         )
-    return {
-        name: build(cls, raw.get(name, {}), prefix=name, source=str(path))
-        for name, cls in SECTIONS.items()
-    }
+    lines += [f"{path}: section {name!r} is missing" for name in SECTIONS if name not in raw]
+    sections = {}
+    for name, cls in SECTIONS.items():
+        if name in raw:
+            try:
+                sections[name] = build(cls, raw[name], prefix=name, source=str(path))
+            except ParamsError as e:
+                lines += str(e).splitlines()
+    if lines:
+        raise ParamsError("\n".join(lines))
+    return sections
+
+
+def load_or_exit(name: str, path: str | Path = PARAMS_FILE) -> Any:
+    """``load_section`` for a script: a bad params.yaml ends it with its reasons, no traceback."""
+    try:
+        return load_section(name, path)
+    except ParamsError as e:
+        sys.exit(str(e))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -208,7 +237,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ParamsError(f"{path} not found (run from the repository root)") from None
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+        one_line = " ".join(str(e).split())
+        raise ParamsError(f"{path} is not valid YAML: {one_line}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -216,90 +246,64 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def build(cls: type, raw: Any, prefix: str, source: str = "params") -> Any:
-    """Build dataclass ``cls`` from a mapping; errors name the dotted key (``train.lr``)."""
-    if raw is None:
-        raw = {}
+def build(cls: type[_Section], raw: Any, prefix: str, source: str = "params") -> Any:
+    """Validate mapping ``raw`` as section ``cls``; errors name the dotted key (``train.lr``)."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: {prefix} must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        keys = ", ".join(f"{prefix}.{k}" for k in unknown)
-        raise ParamsError(
-            f"{source}: unknown key(s) {keys}; known in {prefix}: {', '.join(fields)}"
-        )
-    values = {}
-    for name, value in raw.items():
-        values[name] = _convert(hints[name], value, f"{prefix}.{name}", source)
-    return cls(**values)
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError("\n".join(_messages(e, cls, prefix, source))) from None
 
 
-def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, key, source)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in args:  # first alternative that accepts the value wins
-            try:
-                return _convert(arg, value, key, source)
-            except ParamsError as e:
-                errors.append(str(e))
-        raise ParamsError(f"{source}: {key}={value!r} matches none of {_name(tp)}")
-    if origin is Literal:
-        if value in args:
-            return value
-        # YAML reads 32 as an int where a precision literal wants "32"
-        if str(value) in [str(a) for a in args]:
-            return str(value)
-        raise ParamsError(f"{source}: {key}={value!r} must be one of {list(args)}")
-    if tp is type(None):
-        if value is None:
+# pydantic's location parts that name a union member, not a key ("float", "literal['auto']")
+_TYPE_TAG = re.compile(r"^(int|float|str|bool|none|list|dict)$|^(constrained|function)-|[\[\(]")
+
+
+def _messages(error: ValidationError, cls: type[_Section], prefix: str, source: str) -> list[str]:
+    """One line per bad key: a union's alternatives are merged into "must be A or B"."""
+    by_key: dict[str, tuple[str, list[str], Any]] = {}
+    for err in error.errors(include_url=False):
+        parts = [str(p) for p in err["loc"] if not _TYPE_TAG.search(str(p))]
+        key = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", ".".join([prefix, *parts]))  # list items
+        if err["type"] == "extra_forbidden":
+            parent = _section_at(cls, parts[:-1])
+            known = ", ".join(parent.model_fields) if parent else "?"
+            where = ".".join([prefix, *parts[:-1]])
+            by_key[key] = ("unknown", [f"known in {where}: {known}"], None)
+            continue
+        if err["type"] == "missing":
+            by_key[key] = ("missing", [], None)
+            continue
+        message = re.sub(r"^(Input should be|Value error, )\s*", "", err["msg"])
+        kind, reasons, _ = by_key.get(key, ("bad", [], None))
+        if message not in reasons:
+            reasons.append(message)
+        by_key[key] = (kind, reasons, err.get("input"))
+    lines = []
+    for key, (kind, reasons, value) in by_key.items():
+        if kind == "unknown":
+            lines.append(f"{source}: unknown key {key}; {reasons[0]}")
+        elif kind == "missing":
+            lines.append(f"{source}: {key} is missing")
+        elif key == prefix:  # a check across keys (val_fraction + test_fraction)
+            lines.append(f"{source}: {prefix}: {'; '.join(reasons)}")
+        else:
+            lines.append(f"{source}: {key} must be {' or '.join(reasons)}, got {value!r}")
+    return lines
+
+
+def _section_at(cls: type[_Section], parts: list[str]) -> type[_Section] | None:
+    """The nested section model at ``parts`` below ``cls`` (for the list of its known keys)."""
+    for part in parts:
+        field = cls.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, _Section)):
             return None
-        raise ParamsError(f"{source}: {key}={value!r} is not null")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ParamsError(f"{source}: {key}={value!r} must be a list")
-        return [_convert(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(f"{source}: {key}={value!r} must be a mapping")
-        return {
-            _convert(args[0], k, key, source): _convert(args[1], v, f"{key}.{k}", source)
-            for k, v in value.items()
-        }
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ParamsError(f"{source}: {key}={value!r} must be true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ParamsError(f"{source}: {key}={value!r} must be an integer")
-    if tp is float:
-        # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number a user meant
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ParamsError(f"{source}: {key}={value!r} must be a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ParamsError(f"{source}: {key}={value!r} must be a string")
-    raise TypeError(f"unsupported params type {tp!r} for {key}")  # a bug in this module
-
-
-def _name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        cls = annotation
+    return cls
 
 
 def as_dict(section: Any) -> dict[str, Any]:
     """A section as a plain dict (for logging and for hyperparameters in checkpoints)."""
-    return dataclasses.asdict(section)
+    return section.model_dump()

@@ -21,10 +21,13 @@ import os
 import re
 import shutil
 import stat
+import sys
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
 
 from pneumo.atomic import atomic_dir
 
@@ -37,6 +40,12 @@ CLASS_INFO_CSV = "stage_2_detailed_class_info.csv"
 KAGGLE_ZIP_NAME = "rsna-pneumonia-detection-challenge.zip"
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 MAX_WARNINGS = 20  # per kind of skipped file; the count is always reported
+# Zip bombs: RSNA's archive is 3.9 GB of JPEG DICOMs stored at a ratio near 1, and CSVs that
+# deflate about 5-fold. A member larger than RATIO_FLOOR that expands more than MAX_RATIO-fold,
+# or more than MAX_EXTRACT_BYTES in all (or more than the disk has free), refuses the archive.
+MAX_RATIO = 100
+RATIO_FLOOR = 1 << 20
+MAX_EXTRACT_BYTES = 32 << 30
 
 
 class SourceError(RuntimeError):
@@ -137,11 +146,19 @@ def _wanted(rel: str, keep_test_images: bool) -> bool:
     return len(parts) == 2 and parts[0] in folders and parts[1] != ""
 
 
-def extract_rsna_zip(zip_path: Path, dest: Path, keep_test_images: bool = False) -> dict:
+def extract_rsna_zip(
+    zip_path: Path,
+    dest: Path,
+    keep_test_images: bool = False,
+    *,
+    max_ratio: float = MAX_RATIO,
+    max_bytes: int = MAX_EXTRACT_BYTES,
+) -> dict:
     """Extract only the labels, class info and train (optionally test) images, safely.
 
     Every entry is checked before anything is written: an absolute path, a '..' component, a
-    symbolic link or a name resolving outside ``dest`` refuses the whole archive.
+    symbolic link or a name resolving outside ``dest`` refuses the whole archive, and so do the
+    zip-bomb limits on what would be extracted (``_check_sizes``).
     """
     zip_path, dest = Path(zip_path), Path(dest)
     try:
@@ -158,20 +175,64 @@ def extract_rsna_zip(zip_path: Path, dest: Path, keep_test_images: bool = False)
                 )
         root = _kaggle_root([i.filename for i in infos], zip_path)
         kept: Counter[str] = Counter()
+        todo = []
         for info in infos:
             name = info.filename.replace("\\", "/")
             if info.is_dir() or not name.startswith(root):
                 continue
             rel = name[len(root) :]
-            if not _wanted(rel, keep_test_images):
+            if _wanted(rel, keep_test_images):
+                todo.append((info, rel))
+            else:
                 kept["skipped"] += 1
-                continue
+        _check_sizes(zip_path, [info for info, _ in todo], dest, max_ratio, max_bytes)
+        for info, rel in tqdm(todo, desc="extract", unit="file", disable=not sys.stderr.isatty()):
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
             kept[rel.split("/")[0] if "/" in rel else "csv"] += 1
     return _rsna_counts(kept)
+
+
+def _check_sizes(
+    zip_path: Path, infos: list[zipfile.ZipInfo], dest: Path, max_ratio: float, max_bytes: int
+) -> None:
+    """Refuse, before writing anything, what would expand past the limits or the free disk.
+
+    zipfile stops reading a member at its declared size (and fails on a CRC mismatch), so the
+    declared sizes bound what extraction can write.
+    """
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FLOOR and ratio > max_ratio:
+            raise SourceError(
+                f"{zip_path}: refusing entry {info.filename!r}: it expands {ratio:.0f}-fold "
+                f"({info.compress_size:,} -> {info.file_size:,} bytes), more than {max_ratio:g}"
+                "-fold (a zip bomb?); nothing extracted"
+            )
+    total = sum(info.file_size for info in infos)
+    if total > max_bytes:
+        raise SourceError(
+            f"{zip_path}: refusing to extract {total:,} bytes, more than the limit of "
+            f"{max_bytes:,}; nothing extracted"
+        )
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise SourceError(
+            f"{zip_path}: extraction needs {total / 1e9:.1f} GB and {dest} has {free / 1e9:.1f} GB "
+            "free; nothing extracted"
+        )
+
+
+def _outside(path: Path, root: Path) -> str | None:
+    """Why ``path`` (a link) must not be read, or None: links are followed only inside ``root``."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if target.is_relative_to(root.resolve()):
+        return None
+    return f"a symbolic link to {target}, outside {root}"
 
 
 def copy_rsna_folder(src: Path, dest: Path, keep_test_images: bool = False) -> dict:
@@ -188,6 +249,7 @@ def copy_rsna_folder(src: Path, dest: Path, keep_test_images: bool = False) -> d
         raise SourceError(f"{src} is not an unpacked RSNA archive: missing {', '.join(missing)}")
     kept: Counter[str] = Counter()
     for name in (LABELS_CSV, CLASS_INFO_CSV):
+        _refuse_outside(root / name, src)
         shutil.copyfile(root / name, dest / name)
         kept["csv"] += 1
     for folder in (TRAIN_IMAGES, TEST_IMAGES) if keep_test_images else (TRAIN_IMAGES,):
@@ -195,10 +257,18 @@ def copy_rsna_folder(src: Path, dest: Path, keep_test_images: bool = False) -> d
             continue
         (dest / folder).mkdir()
         for path in sorted((root / folder).iterdir()):
-            if path.is_file():  # follows symlinks: we read the data, we never write through them
+            if path.is_file():  # a link is read only when it stays inside the folder
+                _refuse_outside(path, src)
                 shutil.copyfile(path, dest / folder / path.name)
                 kept[folder] += 1
     return _rsna_counts(kept)
+
+
+def _refuse_outside(path: Path, root: Path) -> None:
+    reason = _outside(path, root)
+    if reason:
+        # what is copied enters data/raw, the DVC cache and the team remote
+        raise SourceError(f"{path}: {reason}: refused (copy the file itself into the folder)")
 
 
 def _rsna_counts(kept: Counter[str]) -> dict:
@@ -367,12 +437,18 @@ def _safe_id(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip(".") or "image"
 
 
-def _image_files(folder: Path, skipped: Counter[str]) -> Iterator[tuple[Path, str]]:
-    """(path, suffix) of the images under ``folder``; other files are counted and warned about."""
+def _image_files(folder: Path, skipped: Counter[str], root: Path) -> Iterator[tuple[Path, str]]:
+    """(path, suffix) of the images under ``folder``; other files are counted and warned about.
+
+    A symbolic link (file or folder) that leads outside ``root`` refuses the import.
+    """
     for here, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
+        for d in dirs:
+            _refuse_outside(Path(here) / d, root)  # os.walk does not descend into it; still say
         for name in sorted(f for f in files if not f.startswith(".")):  # .DS_Store, ._x: not data
             path = Path(here) / name
+            _refuse_outside(path, root)
             suffix = sniff_image(path)
             if suffix is None:
                 skipped["non-image"] += 1
@@ -388,7 +464,7 @@ def _collect(root: Path, class_dirs: dict[str, list[Path]]) -> tuple[list[dict],
     skipped: Counter[str] = Counter()
     seen: dict[str, dict] = {}
     for cls, folders in class_dirs.items():
-        for path, suffix in (x for folder in folders for x in _image_files(folder, skipped)):
+        for path, suffix in (x for f in folders for x in _image_files(f, skipped, root)):
             first = seen.setdefault(_sha1(path), {"path": path, "class": cls, "suffix": suffix})
             if first["path"] == path:
                 items.append(first)

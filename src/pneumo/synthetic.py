@@ -64,6 +64,7 @@ from pneumo.sources import (
     TEST_IMAGES,
     TRAIN_IMAGES,
 )
+from pneumo.workers import die_with_parent, n_workers
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ __all__ = [
     "generate",
     "global_features",
     "global_stats_auroc",
-    "n_workers",
     "patient_rng",
     "render",
     "sample_patient",
@@ -845,16 +845,6 @@ def _make_patients(seed: int, start: int, stop: int, size: int, out_dir: str) ->
     return rows
 
 
-def n_workers(workers: int) -> int:
-    """The number of processes ``workers`` asks for (0 = every core this process may use)."""
-    if workers > 0:
-        return workers
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _draw_all(seed: int, n: int, size: int, out_dir: Path, workers: int) -> list[dict]:
     """Draw and write every patient, in chunks over ``workers`` processes; rows in index order."""
     workers = min(n_workers(workers), n)
@@ -876,7 +866,10 @@ def _draw_all(seed: int, n: int, size: int, out_dir: Path, workers: int) -> list
     # spawn, not fork: the parent may hold torch/OpenMP threads that a fork would copy badly
     # (callers' scripts therefore need the usual `if __name__ == "__main__":` guard)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+    )
+    with pool:
         futures = [pool.submit(_make_patients, seed, s, e, size, str(out_dir)) for s, e in chunks]
         for fut in futures:
             collect(fut.result())

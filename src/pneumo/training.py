@@ -247,7 +247,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
         with atomic_path(path) as tmp, tmp.open("wb") as f:
-            torch.save(checkpoint, f)
+            torch.save(_without_machine_paths(checkpoint, os.getcwd()), f)
             f.flush()
             os.fsync(f.fileno())
         fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
@@ -255,6 +255,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _without_machine_paths(obj: Any, root: str) -> Any:
+    """``obj`` with every string naming a path under ``root`` made relative to it.
+
+    ModelCheckpoint keeps its ``dirpath`` and best/last paths as absolute, real paths in the
+    checkpoint, so two clones of one commit wrote different checkpoint bytes, and a different
+    ``data/model`` hash in ``dvc.lock``. Relative to the repository root they are the same.
+    """
+    if isinstance(obj, str):
+        prefix = root.rstrip(os.sep) + os.sep
+        return os.path.relpath(obj, root) if obj.startswith(prefix) or obj == root else obj
+    if isinstance(obj, dict):
+        # keys too: best_k_models maps checkpoint paths to scores
+        return {
+            _without_machine_paths(k, root): _without_machine_paths(v, root) for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_without_machine_paths(v, root) for v in obj)
+    return obj
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
@@ -383,7 +403,7 @@ def fit(
     compile: bool = False,
     progress_bar: bool = False,
 ) -> FitResult:
-    """Run Lightning's fit with checkpoints (best val AUROC + last), early stopping and dvclive."""
+    """Run Lightning's fit with a best-val-AUROC checkpoint, early stopping and dvclive."""
     from dvclive.lightning import DVCLiveLogger  # dvclive imports dvc: only needed to train
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -394,9 +414,11 @@ def fit(
         monitor="val/auroc",
         mode="max",
         save_top_k=1,
-        save_last=True,
+        # no last.ckpt: Lightning rewrites it only when the best changes (a 134 MB copy of
+        # best.ckpt, not the last epoch), and a rerun retrains from the start, bit for bit
+        save_last=False,
         auto_insert_metric_name=False,
-        # overwrite best.ckpt / last.ckpt of an earlier run instead of adding best-v1.ckpt
+        # overwrite the best.ckpt of an earlier run instead of adding best-v1.ckpt
         enable_version_counter=False,
     )
     history = History(echo=not progress_bar)

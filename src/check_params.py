@@ -1,0 +1,30 @@
+"""Stage params: check the whole of params.yaml before any other stage runs.
+
+DVC deletes a stage's outputs just before it runs the stage's command, so a typo found only by
+the stage that reads the key has already cost that stage its outputs (``data/model`` and the
+git-tracked ``metrics/train.json`` for a typo in ``train``). Every stage depends on this one's
+output: a bad params.yaml stops ``dvc repro`` here, one line per bad key, before anything is
+deleted. The output's bytes never change, so re-running this stage re-runs no other.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pneumo.atomic import write_bytes
+from pneumo.params import PARAMS_FILE, ParamsError, load_all
+
+OUT = Path("data/params.ok")
+
+
+def main() -> None:
+    try:
+        load_all(PARAMS_FILE)
+    except ParamsError as e:
+        sys.exit(str(e))
+    write_bytes(OUT, b"params.yaml is valid (src/check_params.py)\n")
+
+
+if __name__ == "__main__":
+    main()
