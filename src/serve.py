@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
+from starlette.requests import ClientDisconnect  # noqa: E402
 
 from pneumo.dicom import ImageReadError  # noqa: E402
 from pneumo.predict import (  # noqa: E402
@@ -145,6 +146,11 @@ async def _handle(request: Request, cam: bool) -> Response:
         )
     except UploadError as e:
         return _error(e.status, e.reason)
+    except ClientDisconnect:
+        # nobody is left to answer: one line, not Starlette's traceback; nothing is kept
+        client = request.client.host if request.client else "?"
+        log.warning("client %s disconnected during the upload (%s bytes announced)", client, length)
+        return Response(status_code=499)
     predictor: Predictor = state.predictor
     try:
         rec, png = await run_in_threadpool(

@@ -21,7 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 import predict as predict_script
 from conftest import TINY_MODEL_SIZE
 from pneumo import predict as pp
-from pneumo.cache import SPLIT_COLUMNS, build_cache, load_for_model
+from pneumo.cache import SPLIT_COLUMNS, build_cache, load_for_model, load_square
+from pneumo.dicom import ImageReadError
 from pneumo.model import predict_proba
 from pneumo.synthetic import generate
 
@@ -224,6 +225,21 @@ def test_unreadable_files_get_a_line_and_exit_one(images, model_path, tmp_path, 
     assert set(errors) == {str(text), str(empty), str(tmp_path / "missing.png")}
     assert all(set(r) == {"file", "error"} for r in recs if "error" in r)
     assert sum("prob" in r for r in recs) == 2
+
+
+def test_degenerate_images_are_refused_and_rejected(images, model_path, tmp_path, capsys):
+    dot, blank, flat = tmp_path / "dot.png", tmp_path / "blank.png", tmp_path / "flat.png"
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(dot)
+    Image.fromarray(np.zeros((3000, 2000), np.uint8)).save(blank)
+    noise = np.random.default_rng(0).integers(100, 104, (256, 256), dtype=np.uint8)
+    Image.fromarray(noise).save(flat)  # 4 gray levels of noise: nearly constant
+    code, out, err = run_cli([dot, blank, flat, images["png"], "--model", model_path], capsys)
+    assert code == 1 and len(out.splitlines()) == 1
+    assert f"{dot}: error: 1 x 1 pixels: below the 32-pixel minimum side" in err
+    for path in (blank, flat):
+        assert f"{path}: error: a blank or nearly constant image" in err
+    with pytest.raises(ImageReadError, match="nearly constant"):
+        load_square(flat, 96, "pad")  # preprocess's reader: a rejected.csv row, not a crash
 
 
 def test_folders_are_recursive_and_skip_non_images(images, model_path, tmp_path, capsys):

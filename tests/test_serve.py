@@ -120,6 +120,23 @@ def test_refusals_carry_a_reason(client):
     assert list(client.app.state.tmp_dir.iterdir()) == []
 
 
+def _png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_degenerate_images_are_refused_with_a_reason(client):
+    cases = [
+        ("dot.png", np.full((1, 1), 128, np.uint8), "1 x 1 pixels: below the 32-pixel minimum"),
+        ("blank.png", np.zeros((2000, 1500), np.uint8), "blank or nearly constant image"),
+    ]
+    for name, array, reason in cases:
+        r = client.post("/predict", files={"file": (name, _png_bytes(array))})
+        assert r.status_code == 422, r.text
+        assert reason in r.json()["error"]
+
+
 def test_oversized_uploads_are_cut_off(client):
     big = os.urandom(MAX_BYTES + 1)
     r = client.post("/predict", files={"file": ("big.dcm", big)})
@@ -198,7 +215,7 @@ def server(model_path, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"serve.py did not answer /health:\n{log.read_text()}")
             time.sleep(0.25)
-        yield url, tmp
+        yield url, tmp, log
     finally:
         proc.terminate()
         try:
@@ -211,7 +228,7 @@ def server(model_path, tmp_path_factory):
 
 
 def test_real_http_requests(server, files, model_path):
-    url, tmp = server
+    url, tmp, _ = server
     with httpx.Client(base_url=url, timeout=60) as http:
         health = http.get("/health").json()
         assert health["status"] == "ok" and health["max_bytes"] == MAX_BYTES
@@ -256,3 +273,30 @@ def test_real_http_requests(server, files, model_path):
     # every upload was spooled inside the server's own temporary directory and deleted
     (upload_dir,) = tmp.iterdir()
     assert upload_dir.name.startswith("pneumo-serve-") and list(upload_dir.iterdir()) == []
+
+
+def test_a_client_gone_mid_upload_is_one_log_line(server, files):
+    url, tmp, log = server
+    port = int(url.rsplit(":", 1)[1])
+    before = log.read_text()
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.dcm"\r\n\r\n'
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        head = (
+            "POST /predict HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {MAX_BYTES // 2}\r\n\r\n"
+        )
+        s.sendall(head.encode() + body + files["dicom"].read_bytes()[:4096])
+        time.sleep(0.5)  # the server is streaming the body when the client goes away
+    deadline = time.monotonic() + 10
+    while "disconnected" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    new = log.read_text()[len(before) :]
+    lines = [ln for ln in new.splitlines() if "disconnected" in ln]
+    assert len(lines) == 1, new
+    assert "Traceback" not in new and "ClientDisconnect" not in new, new
+    assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+    assert lines[0].endswith(
+        f"client 127.0.0.1 disconnected during the upload ({MAX_BYTES // 2} bytes announced)"
+    )
+    assert [p for p in tmp.rglob("*") if p.is_file()] == []  # the partial upload is gone

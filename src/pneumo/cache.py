@@ -42,6 +42,12 @@ REJECTED_COLUMNS = ("file", "patientId", "split", "reason")
 # scale factor), so 1024 -> 224 is antialiased; about 1.5 ms per RSNA image on one core.
 RESAMPLE = Image.Resampling.BILINEAR
 _COPY_BLOCK = 256  # rows per block when compacting an array: ~13 MB at 224 px
+# Degenerate inputs, refused by prediction and rejected by preprocess. Chest radiographs are
+# 1000 px and more (RSNA 1024, Kermany 1000 to 2000): below MIN_SIDE nothing of one survives.
+# A radiograph spans most of the gray scale: when the 1st to 99th percentiles lie within
+# MIN_SPREAD gray levels the image is blank, a flat test card or an empty frame.
+MIN_SIDE = 32
+MIN_SPREAD = 8
 
 
 class PreprocessError(Exception):
@@ -128,9 +134,27 @@ class SquareImage:
     notes: tuple[str, ...] = ()
 
 
+def check_usable(image: np.ndarray, path: str | Path) -> None:
+    """Refuse (``ImageReadError``) an image too small or too flat to be a radiograph."""
+    h, w = image.shape
+    if min(h, w) < MIN_SIDE:
+        raise ImageReadError(
+            path, f"{w} x {h} pixels: below the {MIN_SIDE}-pixel minimum side of an X-ray"
+        )
+    step = max(1, int(math.sqrt(h * w / 1_000_000)))  # about a million pixels are enough
+    lo, hi = np.percentile(image[::step, ::step], [1, 99])
+    if hi - lo < MIN_SPREAD:
+        raise ImageReadError(
+            path,
+            f"a blank or nearly constant image (98 % of its pixels within {hi - lo:.0f} gray "
+            f"levels, fewer than {MIN_SPREAD})",
+        )
+
+
 def load_square(path: str | Path, size: int, mode: str) -> SquareImage:
-    """read_image + fit_to_square, keeping the transform and the reader's notes."""
+    """read_image + check_usable + fit_to_square, keeping the transform and the reader's notes."""
     read = read_image_with_notes(path)
+    check_usable(read.image, path)
     image, transform = fit_to_square(read.image, size, mode)
     return SquareImage(image, transform, read.notes)
 
