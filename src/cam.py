@@ -26,8 +26,14 @@ def main() -> None:
     params = load_or_exit("cam")
     model = load_exported(MODEL)
     val = cam.read_test_set(PROCESSED, PREDICTIONS / "val.csv", split="val")
+    shift = round(params.shift * model.image_size)  # a fraction of the side -> pixels
     tuned = cam.tune_map_thresholds(
-        model, val, params.thresholds, method=params.method, batch_size=params.batch_size
+        model,
+        val,
+        params.thresholds,
+        method=params.method,
+        batch_size=params.batch_size,
+        shift=shift,
     )
     for prefix, t in tuned.items():
         print(f"{prefix} map threshold {t['threshold']} (val IoU {t['val_iou']:.4f})")
@@ -42,6 +48,7 @@ def main() -> None:
         k=params.k,
         map_thresholds={prefix: t["threshold"] for prefix, t in tuned.items()},
         pointing_tolerance=params.pointing_tolerance,
+        shift=shift,
         batch_size=params.batch_size,
         bootstrap=params.bootstrap,
         seed=params.seed,

@@ -68,13 +68,25 @@ def queue_and_run(seeds: list[int], poll_s: float = 10.0) -> None:
         time.sleep(poll_s)
 
 
-def _experiments(show: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, data) of every experiment in ``dvc exp show --json`` output."""
+def _experiments(commit: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, data) of every finished experiment of one commit of ``dvc exp show --json``
+    (a queued or running one is listed with its baseline's metrics)."""
+    for exp in commit.get("experiments") or []:
+        if (exp.get("executor") or {}).get("state", "success") != "success":
+            continue
+        for rev in exp.get("revs") or []:
+            if rev.get("name") and rev.get("data"):
+                yield rev["name"], rev["data"]
+
+
+def seed_runs(show: list[dict[str, Any]]) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """The newest commit with ``seed-*`` experiments (``exp show -A`` lists newest first) and
+    those experiments by name; the study belongs to one baseline, not to several."""
     for commit in show:
-        for exp in commit.get("experiments") or []:
-            for rev in exp.get("revs") or []:
-                if rev.get("name") and rev.get("data"):
-                    yield rev["name"], rev["data"]
+        runs = {n: d for n, d in _experiments(commit) if n.startswith(PREFIX)}
+        if runs:
+            return commit.get("rev"), runs
+    return None, {}
 
 
 def _lookup(data: dict[str, Any], path: str, keys: tuple[str, ...]) -> float | None:
@@ -88,11 +100,15 @@ def _lookup(data: dict[str, Any], path: str, keys: tuple[str, ...]) -> float | N
 
 def report(show: list[dict[str, Any]]) -> list[str]:
     """Lines of the report: one per headline metric over the ``seed-*`` experiments."""
-    runs = {name: data for name, data in _experiments(show) if name.startswith(PREFIX)}
+    baseline, runs = seed_runs(show)
     if not runs:
         return ["no seed-* experiments: run `python src/seed_study.py` first"]
     names = sorted(runs, key=lambda n: int(n[len(PREFIX) :]) if n[len(PREFIX) :].isdigit() else 0)
-    lines = [f"{len(names)} runs ({', '.join(names)}), same data, only train.seed differs", ""]
+    lines = [
+        f"{len(names)} runs ({', '.join(names)}) on commit {str(baseline)[:7]}: same data, "
+        "only train.seed differs",
+        "",
+    ]
     lines.append(f"{'metric':42s} {'mean':>7s} {'sd':>7s} {'min':>7s} {'max':>7s} {'max |d|':>8s}")
     for label, (path, keys, tol) in HEADLINE.items():
         values = [v for n in names if (v := _lookup(runs[n], path, keys)) is not None]
@@ -116,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.report:
         queue_and_run(args.seeds)
-    show = json.loads(dvc("exp", "show", "--json"))
+    show = json.loads(dvc("exp", "show", "--json", "--all-commits"))
     print("\n".join(report(show)))
 
 

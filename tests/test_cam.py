@@ -367,7 +367,7 @@ def _fake_pipeline(root: Path, n: int = 12, size: int = 64) -> tuple[nn.Module, 
     (root / "data/operating_point.json").write_text(json.dumps(op))
     (root / "params.yaml").write_text(
         "cam:\n  method: gradcam\n  k: 3\n  alpha: 0.4\n  thresholds: [0.3, 0.5, 0.7]\n"
-        "  pointing_tolerance: 0.05\n  bootstrap: 200\n  seed: 0\n  batch_size: 4\n"
+        "  pointing_tolerance: 0.05\n  shift: 0.05\n  bootstrap: 200\n  seed: 0\n  batch_size: 4\n"
     )
     return net, probs
 
@@ -405,6 +405,25 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
     stale = cam.CamInputs(test.images, test.patient_ids, test.targets, test.boxes, probs[::-1])
     with pytest.raises(ValueError, match="stale"):
         cam.analyse(model, stale, seed=0, **kwargs)
+
+
+def test_shift_averaged_maps_are_the_mean_of_the_moved_maps():
+    torch.manual_seed(3)
+    net = build_network("resnet18", last_stride=1).eval()
+    x = torch.randn(2, 1, 64, 64)
+    probs0, maps0 = cam.compute_maps(net, "resnet18", x)
+    probs, maps = cam.compute_maps(net, "resnet18", x, shift=4)
+    np.testing.assert_array_equal(probs, probs0)  # the unshifted image's probability
+    total = torch.zeros(2, 64, 64)
+    for dy in (-4, 0, 4):
+        for dx in (-4, 0, 4):
+            moved = torch.roll(x, (dy, dx), dims=(2, 3))
+            one = torch.from_numpy(cam.compute_maps(net, "resnet18", moved)[1])
+            total += torch.roll(one, (-dy, -dx), dims=(1, 2))
+    expected = cam.normalize_maps(total).numpy()
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+    assert maps.min() == 0.0 and maps.max() == pytest.approx(1.0)
+    assert not np.allclose(maps, maps0, atol=1e-3)  # the average is not the single map
 
 
 def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):

@@ -125,7 +125,7 @@ def make_tree(root: Path) -> dict[str, list[dict]]:
         "t3": (40, 64, None, "jpg"),
         "t4": (64, 64, [10, 10, 20, 20], "dcm8"),
         "t5": (50, 70, None, "dcm8"),
-        "t6": (70, 40, [0, 0, 40, 70], "png"),
+        "t6": (70, 40, [0, 0, 30, 70], "png"),  # a box reaching three borders
         "bad": (0, 0, None, "corrupt"),
         "t7": (33, 99, [80, 5, 19, 20], "dcm8"),
         "v0": (55, 45, [10, 10, 10, 10], "dcm8"),

@@ -191,5 +191,7 @@ def test_ddp_on_two_cpu_processes_validates_on_the_whole_val_set(tmp_path):
     assert "Starting with 2 processes" in done.stdout
     metrics = json.loads((project / "metrics" / "train.json").read_text())
     assert metrics["val_images"] == 33
-    assert 0.5 < metrics["best_val_auroc"] < 1  # imperfect, so a duplicated sample would show
+    # not 0 or 1 (the only values all CPUs must agree on after six steps), so a duplicated or a
+    # missing validation sample would change it and the comparison below would show it
+    assert 0 < metrics["best_val_auroc"] < 1
     assert _val_auroc_of_export(project) == pytest.approx(metrics["best_val_auroc"], abs=1e-6)

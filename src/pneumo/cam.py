@@ -121,22 +121,38 @@ def activation_maps(
 
 
 def compute_maps(
-    net: nn.Module, arch: str, x: torch.Tensor, method: Method = "cam"
+    net: nn.Module, arch: str, x: torch.Tensor, method: Method = "cam", shift: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (B,) float64 and maps (B, S, S) float32 in [0, 1] for a normalised batch.
 
     ``x`` is (B, 1, S, S) as ``pneumo.model.normalize`` makes it; the network is put in eval mode.
+    With ``shift`` > 0 the map is shift-averaged: the mean of the maps of the image moved by
+    each of (-shift, 0, shift) pixels down and across (circularly), each moved back, then
+    normalised again. A final feature grid is coarse (6 x 6 cells of 16 px at 96 px) and where
+    a finding falls against the cells decides how much of it the upsampled map covers; the
+    average over sub-cell shifts removes that accident (test-time augmentation). The
+    probabilities are always those of the unshifted image.
     """
     if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3]:
         raise ValueError(f"expected a batch (B, 1, S, S), got shape {tuple(x.shape)}")
     net.eval()
     features, linear = split_network(net, arch)
     device = next(net.parameters()).device
-    with torch.no_grad():
-        acts = features(x.to(device))
-    logits, maps = activation_maps(acts, linear, method, size=x.shape[-1])
-    probs = torch.sigmoid(logits.double()).cpu().numpy()
-    return probs, maps.cpu().numpy().astype(np.float32)
+    x = x.to(device)
+    offsets = (-shift, 0, shift) if shift > 0 else (0,)
+    total, probs = None, None
+    for dy in offsets:
+        for dx in offsets:
+            with torch.no_grad():
+                acts = features(torch.roll(x, (dy, dx), dims=(2, 3)))
+            logits, maps = activation_maps(acts, linear, method, size=x.shape[-1])
+            maps = torch.roll(maps, (-dy, -dx), dims=(1, 2))
+            total = maps if total is None else total + maps
+            if dy == dx == 0:
+                probs = torch.sigmoid(logits.double()).cpu().numpy()
+    if len(offsets) > 1:
+        total = normalize_maps(total)
+    return probs, total.cpu().numpy().astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,6 +525,7 @@ def tune_map_thresholds(
     *,
     method: str,
     batch_size: int,
+    shift: int = 0,
 ) -> dict[str, dict[str, float | int | list[float]]]:
     """The binarisation threshold of the maps, chosen on validation (CheXlocalize's protocol).
 
@@ -525,7 +542,7 @@ def tune_map_thresholds(
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
         x = normalize(np.ascontiguousarray(val.images[idx]), model.mean, model.std)
-        probs, maps = compute_maps(model.net, model.arch, x, method)
+        probs, maps = compute_maps(model.net, model.arch, x, method, shift)
         _check_probs(probs, val, idx)
         for j, i in enumerate(idx):
             for prefix, m in (("cam", maps[j]), ("baseline", baseline)):
@@ -552,6 +569,7 @@ def analyse(
     k: int,
     map_thresholds: dict[str, float],
     pointing_tolerance: float,
+    shift: int = 0,
     batch_size: int,
     bootstrap: int,
     seed: int,
@@ -579,10 +597,10 @@ def analyse(
     for start in range(0, len(rows), batch_size):
         idx = rows[start : start + batch_size]
         x = normalize(np.ascontiguousarray(test.images[idx]), model.mean, model.std)
-        probs, batch_maps = compute_maps(model.net, model.arch, x, method)
+        probs, batch_maps = compute_maps(model.net, model.arch, x, method, shift)
         _check_probs(probs, test, idx)
         keep = [j for j, i in enumerate(idx) if i in scored]
-        rand_maps = compute_maps(rand, model.arch, x[keep], method)[1] if keep else []
+        rand_maps = compute_maps(rand, model.arch, x[keep], method, shift)[1] if keep else []
         for j, rand_map in zip(keep, rand_maps, strict=True):
             boxes = test.boxes[idx[j]]
             for prefix, m in (("cam", batch_maps[j]), ("baseline", baseline)):
@@ -593,6 +611,7 @@ def analyse(
         maps.update({i: batch_maps[j] for j, i in enumerate(idx) if i in wanted})
     metrics = {
         "method": method,
+        "map_shift_px": shift,
         "map_threshold": map_thresholds["cam"],
         "baseline.map_threshold": map_thresholds["baseline"],
         "pointing_tolerance_px": round(tolerance, 3),

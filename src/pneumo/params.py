@@ -169,6 +169,8 @@ class CamParams(_Section):
     # the best mean IoU on the validation positives is used on test (for the baseline likewise)
     thresholds: Annotated[list[Annotated[float, Field(gt=0.0, le=1.0)]], Field(min_length=1)]
     pointing_tolerance: Annotated[float, Field(ge=0.0, lt=1.0)]  # fraction of the side
+    # shift-averaged maps: mean over moves by -shift, 0, +shift of the side down and across
+    shift: Annotated[float, Field(ge=0.0, lt=0.25)]
     bootstrap: NonNegInt
     seed: NonNegInt  # bootstrap resamples and the random-weights sanity network
     batch_size: PosInt
