@@ -117,7 +117,8 @@ def report(show: list[dict[str, Any]]) -> list[str]:
         mean = sum(values) / len(values)
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
         dev = max(abs(v - mean) for v in values)
-        verdict = "" if tol is None else f"  {'within' if dev <= tol else 'OUTSIDE'} +-{tol}"
+        within = dev <= tol + 1e-9 if tol is not None else None  # 0.01 away is within 0.01
+        verdict = "" if tol is None else f"  {'within' if within else 'OUTSIDE'} +-{tol}"
         lines.append(
             f"{label:42s} {mean:7.4f} {sd:7.4f} {min(values):7.4f} {max(values):7.4f} "
             f"{dev:8.4f}{verdict}"

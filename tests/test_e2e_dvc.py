@@ -134,8 +134,9 @@ def test_exp_run_reruns_only_training_and_after(repo: Path) -> None:
     runs = _experiment_runs(shown)
     lrs = {r["params"]["train"]["lr"] for r in runs}
     assert {0.001, 0.0003} <= lrs, lrs
-    aurocs = {r["metrics"]["test"]["auroc"] for r in runs}
-    assert len(aurocs) >= 2, f"the experiment's test AUROC equals the baseline's: {aurocs}"
+    # the Brier score, not AUROC: a rank statistic of a one-epoch model can tie on some CPUs
+    briers = {r["metrics"]["test"]["brier"] for r in runs}
+    assert len(briers) >= 2, f"the experiment's test Brier score equals the baseline's: {briers}"
 
 
 def test_queued_sweep_completes(repo: Path) -> None:
@@ -165,9 +166,9 @@ def test_diffs_between_commits(repo: Path) -> None:
     assert (lr["old"], lr["new"]) == (0.001, 0.002), lr
     metrics = json.loads(dvc(repo, "metrics", "diff", "HEAD~1", "--json").stdout)
     changed = metrics["metrics/eval.json"]
-    assert "test.auroc" in changed and "test.t010.recall" in changed, sorted(changed)
+    assert "test.brier" in changed and "test.t010.recall" in changed, sorted(changed)
     md = dvc(repo, "metrics", "diff", "HEAD~1", "--md").stdout
-    assert "test.auroc" in md
+    assert "test.brier" in md
     page = repo / "plots_diff"
     proc = dvc(repo, "plots", "diff", "HEAD~1", "-o", str(page))
     assert (page / "index.html").is_file(), proc.stdout + proc.stderr

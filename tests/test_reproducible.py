@@ -32,11 +32,24 @@ CANARY = (
 )
 
 
-def older_cpu_env() -> dict[str, str]:
-    """Environment switches that make this process compute as a CPU without AVX2/FMA would."""
-    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+SWITCHES = ("NPY_DISABLE_CPU_FEATURES", "JSIMD_FORCENONE", "GLIBC_TUNABLES")
+FEATURES = (
+    "from numpy._core._multiarray_umath import __cpu_dispatch__ as d, __cpu_features__ as f;"
+    "print(' '.join(n for n in d if f.get(n)))"
+)
 
-    available = [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+
+def native_env() -> dict[str, str]:
+    """This environment without any of the switches (the suite itself may run emulated)."""
+    return {k: v for k, v in os.environ.items() if k not in SWITCHES}
+
+
+def older_cpu_env() -> dict[str, str]:
+    """Environment switches that make a process compute as a CPU without AVX2/FMA would."""
+    found = subprocess.run(
+        [sys.executable, "-c", FEATURES], env=native_env(), capture_output=True, text=True
+    )
+    available = found.stdout.split()  # numpy's dispatch targets this CPU runs natively
     env = {
         "JSIMD_FORCENONE": "1",  # libjpeg-turbo (Pillow's JPEG codec): plain C DCT and IDCT
         "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX",  # libm's non-FMA variants
@@ -53,7 +66,7 @@ def run_data_stages(work: Path, extra_env: dict[str, str], workers: int) -> dict
     params["preprocess"].update(PROFILE["preprocess"], workers=workers)
     work.mkdir()
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, **extra_env}
+    env = {**native_env(), **extra_env}
     for stage in ("download", "split", "preprocess"):
         proc = subprocess.run(
             [sys.executable, str(ROOT / "src" / f"{stage}.py")],
@@ -75,7 +88,7 @@ def run_data_stages(work: Path, extra_env: dict[str, str], workers: int) -> dict
 
 
 def canary(extra_env: dict[str, str]) -> list[str]:
-    env = {**os.environ, **extra_env}
+    env = {**native_env(), **extra_env}
     proc = subprocess.run(
         [sys.executable, "-c", CANARY], env=env, capture_output=True, text=True, check=True
     )

@@ -91,3 +91,32 @@ def test_killed_download_stage_leaves_no_worker(tmp_path: Path) -> None:
 
 def test_n_workers() -> None:
     assert n_workers(3) == 3 and n_workers(0) >= 1
+
+
+def test_killed_preprocess_stage_leaves_no_worker(tmp_path: Path) -> None:
+    # enough small files, one per task, that the forked pool is busy when the stage dies
+    synthetic = {"n_patients": 1500, "image_size": 64, "workers": 2}
+    write_params(
+        tmp_path,
+        {
+            "data": {"source": "synthetic", "synthetic": synthetic},
+            "preprocess": {"image_size": 32, "workers": 2, "chunk_size": 1},
+        },
+    )
+    for stage in ("download", "split"):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "src" / f"{stage}.py")], cwd=tmp_path, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "src" / "preprocess.py")],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    kids = _workers_of(proc, 2)
+    time.sleep(0.3)
+    assert proc.poll() is None, "preprocess finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _all_gone(kids) == [], "workers outlived the stage"

@@ -1,0 +1,52 @@
+"""The seed study's report over `dvc exp show --json`: finished seed runs of one baseline only,
+mean / sd / largest distance from the mean against the README's tolerances."""
+
+from __future__ import annotations
+
+import statistics
+
+import seed_study
+
+
+def _exp(name: str, auroc: float, iou: float, state: str = "success") -> dict:
+    metrics = {
+        "metrics/eval.json": {"data": {"test": {"auroc": auroc, "op": {"threshold": 0.8}}}},
+        "metrics/cam.json": {"data": {"cam.iou": iou, "cam.pointing": 0.95}},
+    }
+    return {
+        "executor": {"state": state},
+        "name": name,
+        "revs": [{"name": name, "data": {"metrics": metrics}}],
+    }
+
+
+def test_report_takes_the_newest_baselines_finished_seed_runs() -> None:
+    show = [
+        {"rev": "workspace", "experiments": None},
+        {
+            "rev": "bbbbbbbbbb",
+            "experiments": [
+                _exp("seed-1", 0.98, 0.41),
+                _exp("seed-2", 0.99, 0.30),
+                _exp("seed-3", 0.97, 0.35),
+                _exp("seed-4", 0.5, 0.0, state="running"),  # carries its baseline's metrics
+                _exp("lr-1e-4", 0.5, 0.0),  # not a seed run
+            ],
+        },
+        {"rev": "aaaaaaaaaa", "experiments": [_exp("seed-1", 0.1, 0.1)]},  # an older study
+    ]
+    lines = seed_study.report(show)
+    assert lines[0].startswith("3 runs (seed-1, seed-2, seed-3) on commit bbbbbbb")
+    auroc = next(ln for ln in lines if ln.startswith("test AUROC"))
+    fields = auroc.split()
+    mean, sd = float(fields[2]), float(fields[3])
+    assert mean == round(statistics.mean([0.98, 0.99, 0.97]), 4)
+    assert sd == round(statistics.stdev([0.98, 0.99, 0.97]), 4)
+    assert auroc.endswith("within +-0.01")  # 0.01 away exactly: within
+    iou = next(ln for ln in lines if ln.startswith("CAM IoU"))
+    assert iou.endswith("OUTSIDE +-0.05")  # 0.30 is 0.053 from the mean 0.353
+    assert not any(ln.startswith("baseline IoU") for ln in lines)  # no value: no line
+
+
+def test_report_without_seed_runs_says_what_to_run() -> None:
+    assert "run `python src/seed_study.py`" in seed_study.report([{"rev": "x"}])[0]
