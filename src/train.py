@@ -89,8 +89,9 @@ def main() -> None:
     export_model(
         MODEL_DIR / "model.pt", net, arch, s["image_size"], s["resize_mode"], dm.mean, dm.std
     )
-    best = result.summary
+    best, t = result.summary, result.timing
     print(f"best val AUROC {best['best_val_auroc']:.4f} at epoch {best['best_epoch']}")
+    print(f"trained in {t['train_time_s']:.1f} s ({t['train_images_per_s']} images/s)")
 
 
 if __name__ == "__main__":

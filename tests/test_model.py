@@ -39,6 +39,7 @@ from pneumo.training import (
     remove_stale_temporaries,
     resolve_pos_weight,
     training_summary,
+    training_timing,
     write_curves,
 )
 
@@ -377,10 +378,10 @@ def test_training_summary():
         {"epoch": 2.0, "train/loss": 0.7, "val/loss": 0.6, "val/auroc": 0.85},
         {"epoch": 3.0, "train/loss": 0.6, "val/loss": 0.65, "val/auroc": 0.85},
     ]
-    s = training_summary(epochs, 30.0, 20.0, 1000, 123, max_epochs=10)
+    s = training_summary(epochs, 123, max_epochs=10)
     assert s["best_val_auroc"] == 0.85 and s["best_epoch"] == 2  # the first epoch reaching it
     assert s["epochs"] == 3 and s["max_epochs"] == 10
-    assert s["train_time_s"] == 30.0 and s["train_images_per_s"] == 50.0
+    assert training_timing(30.0, 20.0, 1000) == {"train_time_s": 30.0, "train_images_per_s": 50.0}
     assert s["val_images"] == 123
     assert s["last"] == {"train_loss": 0.6, "val_loss": 0.65, "val_auroc": 0.85}
 

@@ -343,14 +343,12 @@ class History(Callback):
 
 
 def training_summary(
-    epochs: list[dict[str, float]],
-    fit_seconds: float,
-    train_seconds: float,
-    train_images: int,
-    val_images: int,
-    max_epochs: int,
+    epochs: list[dict[str, float]], val_images: int, max_epochs: int
 ) -> dict[str, Any]:
-    """metrics/train.json: best val AUROC and its epoch, time, throughput, last epoch's metrics.
+    """metrics/train.json: best val AUROC and its epoch, the last epoch's metrics.
+
+    No timing: a DVC-tracked output must be the same bytes for the same params, seed and machine,
+    or two clones of one commit get two ``dvc.lock`` files (``training_timing`` goes to the log).
 
     The best epoch is the first one reaching the maximum, as ModelCheckpoint keeps it (it
     replaces its best only on a strict improvement). A metric that could not be computed (NaN,
@@ -364,8 +362,6 @@ def training_summary(
         "best_epoch": int(best["epoch"]) if best else None,
         "epochs": len(epochs),
         "max_epochs": max_epochs,
-        "train_time_s": round(fit_seconds, 2),
-        "train_images_per_s": round(train_images / train_seconds, 2) if train_seconds else None,
         "val_images": val_images,
         "last": {
             k.replace("/", "_"): v if math.isfinite(v) else None
@@ -375,12 +371,19 @@ def training_summary(
     }
 
 
+def training_timing(fit_seconds: float, train_seconds: float, train_images: int) -> dict[str, Any]:
+    """Wall time of the fit and training throughput, for the stage's log."""
+    rate = round(train_images / train_seconds, 2) if train_seconds else None
+    return {"train_time_s": round(fit_seconds, 2), "train_images_per_s": rate}
+
+
 @dataclass
 class FitResult:
     """What a fit leaves for the stage script; ``is_global_zero`` says whether to write it."""
 
     best_checkpoint: Path
     summary: dict[str, Any]
+    timing: dict[str, Any] = field(default_factory=dict)
     epochs: list[dict[str, float]] = field(default_factory=list)
     is_global_zero: bool = True
 
@@ -455,17 +458,11 @@ def fit(
             # per metric name; Module.compile keeps the state_dict keys unchanged
             module.net.compile()
         trainer.fit(module, datamodule=datamodule)
-    summary = training_summary(
-        history.epochs,
-        history.fit_seconds,
-        history.train_seconds,
-        history.train_images,
-        history.val_images,
-        max_epochs,
-    )
+    summary = training_summary(history.epochs, history.val_images, max_epochs)
     return FitResult(
         best_checkpoint=Path(checkpoint.best_model_path),
         summary=summary,
+        timing=training_timing(history.fit_seconds, history.train_seconds, history.train_images),
         epochs=history.epochs,
         is_global_zero=trainer.is_global_zero,
     )
