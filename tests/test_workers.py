@@ -53,6 +53,22 @@ def _all_gone(kids: list[psutil.Process], timeout: float = 10) -> list[int]:
     return [k.pid for k in alive]
 
 
+def _kill_mid_run(root: Path, stage: str, after_s: float) -> None:
+    """Start ``src/<stage>.py`` in ``root``, kill -9 it mid-run, check that its pool died."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "src" / f"{stage}.py")],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    kids = _workers_of(proc, 2)
+    time.sleep(after_s)
+    assert proc.poll() is None, f"{stage} finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _all_gone(kids) == [], f"workers outlived the {stage} stage"
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])  # preprocess forks, download spawns
 def test_pool_workers_die_with_a_killed_parent(method: str) -> None:
     code = POOL.format(src=str(ROOT / "src"), method=method)
@@ -67,17 +83,8 @@ def test_pool_workers_die_with_a_killed_parent(method: str) -> None:
 def test_killed_download_stage_leaves_no_worker(tmp_path: Path) -> None:
     synthetic = {"n_patients": 4000, "image_size": 128, "workers": 2}
     write_params(tmp_path, {"data": {"source": "synthetic", "synthetic": synthetic}})
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "src" / "download.py")],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    kids = _workers_of(proc, 2)
-    time.sleep(1.0)  # the workers are drawing patients into the temporary folder
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert _all_gone(kids) == [], "workers outlived the stage"
+    # the workers are drawing patients into the temporary folder when the stage dies
+    _kill_mid_run(tmp_path, "download", after_s=1.0)
     # and the next run removes the dead run's temporary folder (atomic_dir's stale clean-up)
     stale = list((tmp_path / "data").glob(".raw.*.tmp"))
     assert stale, "the killed run left no temporary folder: the test did not kill it mid-run"
@@ -108,15 +115,4 @@ def test_killed_preprocess_stage_leaves_no_worker(tmp_path: Path) -> None:
             [sys.executable, str(ROOT / "src" / f"{stage}.py")], cwd=tmp_path, capture_output=True
         )
         assert done.returncode == 0, done.stderr
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "src" / "preprocess.py")],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    kids = _workers_of(proc, 2)
-    time.sleep(0.3)
-    assert proc.poll() is None, "preprocess finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert _all_gone(kids) == [], "workers outlived the stage"
+    _kill_mid_run(tmp_path, "preprocess", after_s=0.3)
