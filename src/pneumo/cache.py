@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from pneumo.atomic import remove, swap_in
 from pneumo.dicom import ImageReadError, read_image_with_notes
-from pneumo.workers import die_with_parent, n_workers
+from pneumo.workers import die_with_parent, n_workers, process_pool
 
 RESIZE_MODES = ("pad", "crop", "stretch")
 SPLITS = ("train", "val", "test")
@@ -371,13 +371,7 @@ def _run_tasks(tasks: list[_Task], workers: int, progress: bool) -> list[_ChunkR
         pending = list(range(len(tasks)))
         while pending:
             broken = []
-            pool = ProcessPoolExecutor(
-                min(workers, len(pending)),
-                mp_context=ctx,
-                initializer=die_with_parent,
-                initargs=(os.getpid(),),
-            )
-            with pool:
+            with process_pool(min(workers, len(pending)), ctx) as pool:
                 futures = {pool.submit(_convert_chunk, tasks[i]): i for i in pending}
                 for fut in as_completed(futures):
                     i = futures[fut]

@@ -31,13 +31,11 @@ import io
 import logging
 import math
 import multiprocessing
-import os
 import tempfile
 import time
 import uuid
 import zipfile
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +62,7 @@ from pneumo.sources import (
     TEST_IMAGES,
     TRAIN_IMAGES,
 )
-from pneumo.workers import die_with_parent, n_workers
+from pneumo.workers import n_workers, process_pool
 
 log = logging.getLogger(__name__)
 
@@ -866,10 +864,7 @@ def _draw_all(seed: int, n: int, size: int, out_dir: Path, workers: int) -> list
     # spawn, not fork: the parent may hold torch/OpenMP threads that a fork would copy badly
     # (callers' scripts therefore need the usual `if __name__ == "__main__":` guard)
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
-    )
-    with pool:
+    with process_pool(workers, ctx) as pool:
         futures = [pool.submit(_make_patients, seed, s, e, size, str(out_dir)) for s, e in chunks]
         for fut in futures:
             collect(fut.result())

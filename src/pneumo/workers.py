@@ -13,6 +13,8 @@ import ctypes
 import os
 import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -38,3 +40,10 @@ def die_with_parent(parent_pid: int) -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent_pid:  # the stage died before the request took effect
         os._exit(1)
+
+
+def process_pool(workers: int, mp_context: Any) -> ProcessPoolExecutor:
+    """A process pool whose workers end when this process dies (``die_with_parent``)."""
+    return ProcessPoolExecutor(
+        workers, mp_context=mp_context, initializer=die_with_parent, initargs=(os.getpid(),)
+    )
