@@ -3,10 +3,13 @@
     python src/seed_study.py                 # queue seeds 1-5, run them one at a time, report
     python src/seed_study.py --seeds 1 2 3   # other seeds
     python src/seed_study.py --report        # only report the experiments already run
+    python src/seed_study.py --name e3 -S train.max_epochs=3   # the study of another profile,
+                                             # before committing it: e3-1 ... e3-5
 
-Each seed is a DVC experiment (``dvc exp run --queue -n seed-<s> -S train.seed=<s>``) on the
-committed data, so download, split and preprocess are restored from the run-cache and only
-train, infer, evaluate and cam run. The report reads ``dvc exp show --json``: the mean, sd and
+Each seed is a DVC experiment (``dvc exp run --queue -n seed-<s> -S train.seed=<s>``, plus any
+``-S`` given) on the committed data, so download, split and preprocess are restored from the
+run-cache (or run once, for a study that changes them) and only train, infer, evaluate and cam
+run. The report reads ``dvc exp show --json``: the mean, sd and
 range of each headline metric over the seed experiments, their largest distance from the mean,
 and the tolerance that the README promises for it.
 """
@@ -40,7 +43,7 @@ HEADLINE = {
     "CAM IoU": ("metrics/cam.json", ("cam.iou",), 0.05),
     "baseline IoU": ("metrics/cam.json", ("baseline.iou",), None),
 }
-PREFIX = "seed-"
+PREFIX = "seed"
 
 
 def dvc(*args: str) -> str:
@@ -50,10 +53,14 @@ def dvc(*args: str) -> str:
     return proc.stdout
 
 
-def queue_and_run(seeds: list[int], poll_s: float = 10.0) -> None:
-    """Queue one experiment per seed, start one worker, wait until the queue is empty."""
+def queue_and_run(
+    seeds: list[int], prefix: str, overrides: list[str], poll_s: float = 10.0
+) -> None:
+    """Queue one experiment per seed (``overrides`` are more ``-S`` values, the same for every
+    seed), start one worker, wait until the queue is empty."""
+    sets = [arg for o in overrides for arg in ("-S", o)]
     for s in seeds:
-        dvc("exp", "run", "--queue", "-n", f"{PREFIX}{s}", "-S", f"train.seed={s}")
+        dvc("exp", "run", "--queue", "-n", f"{prefix}-{s}", "-S", f"train.seed={s}", *sets)
     dvc("queue", "start", "-j", "1")
     t0 = time.monotonic()
     while True:
@@ -79,14 +86,21 @@ def _experiments(commit: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]
                 yield rev["name"], rev["data"]
 
 
-def seed_runs(show: list[dict[str, Any]]) -> tuple[str | None, dict[str, dict[str, Any]]]:
-    """The newest commit with ``seed-*`` experiments (``exp show -A`` lists newest first) and
-    those experiments by name; the study belongs to one baseline, not to several."""
+def seed_runs(
+    show: list[dict[str, Any]], prefix: str = PREFIX
+) -> tuple[str | None, dict[str, dict[str, Any]]]:
+    """The newest commit with ``<prefix>-<seed>`` experiments (``exp show -A`` lists newest
+    first) and those experiments by name; the study belongs to one baseline, not to several."""
     for commit in show:
-        runs = {n: d for n, d in _experiments(commit) if n.startswith(PREFIX)}
+        runs = {n: d for n, d in _experiments(commit) if _seed_of(n, prefix) is not None}
         if runs:
             return commit.get("rev"), runs
     return None, {}
+
+
+def _seed_of(name: str, prefix: str) -> int | None:
+    head, _, seed = name.rpartition("-")
+    return int(seed) if head == prefix and seed.isdigit() else None
 
 
 def _lookup(data: dict[str, Any], path: str, keys: tuple[str, ...]) -> float | None:
@@ -98,12 +112,12 @@ def _lookup(data: dict[str, Any], path: str, keys: tuple[str, ...]) -> float | N
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def report(show: list[dict[str, Any]]) -> list[str]:
-    """Lines of the report: one per headline metric over the ``seed-*`` experiments."""
-    baseline, runs = seed_runs(show)
+def report(show: list[dict[str, Any]], prefix: str = PREFIX) -> list[str]:
+    """Lines of the report: one per headline metric over the ``<prefix>-*`` experiments."""
+    baseline, runs = seed_runs(show, prefix)
     if not runs:
-        return ["no seed-* experiments: run `python src/seed_study.py` first"]
-    names = sorted(runs, key=lambda n: int(n[len(PREFIX) :]) if n[len(PREFIX) :].isdigit() else 0)
+        return [f"no {prefix}-* experiments: run `python src/seed_study.py` first"]
+    names = sorted(runs, key=lambda n: _seed_of(n, prefix) or 0)
     lines = [
         f"{len(names)} runs ({', '.join(names)}) on commit {str(baseline)[:7]}: same data, "
         "only train.seed differs",
@@ -130,11 +144,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--report", action="store_true", help="only report the existing experiments")
+    ap.add_argument("--name", default=PREFIX, help="experiments are named NAME-<seed>")
+    ap.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params override for every seed, as dvc exp run -S (repeatable)",
+    )
     args = ap.parse_args()
     if not args.report:
-        queue_and_run(args.seeds)
+        queue_and_run(args.seeds, args.name, args.overrides)
     show = json.loads(dvc("exp", "show", "--json", "--all-commits"))
-    print("\n".join(report(show)))
+    print("\n".join(report(show, args.name)))
 
 
 if __name__ == "__main__":

@@ -50,3 +50,22 @@ def test_report_takes_the_newest_baselines_finished_seed_runs() -> None:
 
 def test_report_without_seed_runs_says_what_to_run() -> None:
     assert "run `python src/seed_study.py`" in seed_study.report([{"rev": "x"}])[0]
+
+
+def test_a_named_study_reports_only_its_own_runs() -> None:
+    """`--name e3 -S train.max_epochs=3` studies another profile beside the seed-* runs."""
+    show = [
+        {
+            "rev": "cccccccccc",
+            "experiments": [
+                _exp("seed-1", 0.98, 0.41),
+                _exp("e3-1", 0.90, 0.20),
+                _exp("e3-2", 0.92, 0.22),
+                _exp("e3x-1", 0.5, 0.5),  # another prefix that starts the same
+            ],
+        }
+    ]
+    lines = seed_study.report(show, "e3")
+    assert lines[0].startswith("2 runs (e3-1, e3-2) on commit ccccccc")
+    auroc = next(ln for ln in lines if ln.startswith("test AUROC"))
+    assert float(auroc.split()[2]) == 0.91
