@@ -32,6 +32,7 @@ from pneumo.atomic import write_bytes
 from pneumo.cache import SquareImage, load_square
 from pneumo.dicom import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageReadError
 from pneumo.model import Exported, load_exported, normalize, predict_proba
+from pneumo.sniff import sniff_file
 
 DEFAULT_MODEL = Path("data/model/model.pt")
 DEFAULT_OPERATING_POINT = Path("data/operating_point.json")
@@ -138,21 +139,13 @@ class Inputs:
     skipped: int = 0  # non-image files inside the folders
 
 
-def _has_dicom_marker(path: Path) -> bool:
-    try:
-        with path.open("rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
 def looks_like_image(path: Path) -> bool:
     """Whether a file found in a folder is one to predict: a known suffix or a DICM marker."""
     suffix = path.suffix.lower()
     if suffix in DICOM_SUFFIXES or suffix in IMAGE_SUFFIXES:
         return True
     # DICOM files from archives and PACS exports often carry no suffix at all
-    return suffix == "" and _has_dicom_marker(path)
+    return suffix == "" and sniff_file(path) == "dicom"
 
 
 def find_images(paths: Sequence[str | Path]) -> Inputs:
