@@ -40,14 +40,12 @@ from pneumo.predict import (  # noqa: E402
     CAM_METHODS,
     DEFAULT_MODEL,
     EXIT_USAGE,
-    FORM_OVERHEAD,
     Predictor,
-    UploadError,
     UsageError,
     load_model,
-    receive_upload,
     resolve_operating_point,
 )
+from pneumo.upload import FORM_OVERHEAD, UploadError, receive_upload  # noqa: E402
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # an uncompressed 16-bit 3000 x 3000 CR is ~18 MB
 log = logging.getLogger("pneumo.serve")
