@@ -6,9 +6,9 @@ Uses ``data/model/model.pt`` when it exists, else a random-init ResNet18 exporte
 
 1. cold start: ``python src/predict.py one.dcm --cam DIR`` in a new process (start, import, load,
    decode, forward, CAM, PNG), wall clock per run and a per-step breakdown; target <= 3 s;
-2. a folder of ``--n`` images: ``pneumo.predict.predict_files`` (decoding in background threads)
-   against the bare model on in-memory uint8 arrays (``predict_proba``) at the same batch size,
-   and the ratio; target >= 0.9. Also the command itself over the folder, end to end;
+2. a folder of ``--n`` images: ``pneumo.file_inference.predict_files`` (decoding in background
+   threads) against the bare model on in-memory uint8 arrays (``predict_proba``) at the same
+   batch size, and the ratio; target >= 0.9. Also the command itself over the folder, end to end;
 3. the service: a real uvicorn process on 127.0.0.1 under ``--concurrency`` concurrent requests
    (httpx async client), requests/s and latency percentiles; target: no errors.
 
@@ -43,9 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from pneumo.cache import load_for_model  # noqa: E402
+from pneumo.deployment import load_model  # noqa: E402
+from pneumo.file_inference import predict_files  # noqa: E402
 from pneumo.model import build_network, export_model, predict_proba  # noqa: E402
 from pneumo.params import load_section  # noqa: E402
-from pneumo.predict import load_model, predict_files  # noqa: E402
 from pneumo.synthetic import generate  # noqa: E402
 
 TARGET_COLD_S = 3.0
@@ -56,13 +57,15 @@ IMAGES = "raw/stage_2_train_images"
 BREAKDOWN = """
 import sys, time; t0 = time.perf_counter(); sys.path.insert(0, "src")
 from pathlib import Path
-from pneumo import predict as pp
 from pneumo.cache import load_square
+from pneumo.deployment import load_model
+from pneumo.file_inference import predict_batch
+from pneumo.results import cam_image, png_bytes
 import pneumo.cam
-t1 = time.perf_counter(); model = pp.load_model(Path(sys.argv[1])); t2 = time.perf_counter()
+t1 = time.perf_counter(); model = load_model(Path(sys.argv[1])); t2 = time.perf_counter()
 sq = load_square(Path(sys.argv[2]), model.image_size, model.resize_mode)
-t3 = time.perf_counter(); probs, maps = pp.predict_batch(model, sq.image[None], "cam")
-t4 = time.perf_counter(); png = pp.png_bytes(pp.cam_image(sq.image, maps[0], "caption", 0.4))
+t3 = time.perf_counter(); probs, maps = predict_batch(model, sq.image[None], "cam")
+t4 = time.perf_counter(); png = png_bytes(cam_image(sq.image, maps[0], "caption", 0.4))
 t5 = time.perf_counter()
 print(f"imports {t1 - t0:.2f} s, load model {t2 - t1:.2f} s, decode {1000 * (t3 - t2):.0f} ms, "
       f"forward + CAM {1000 * (t4 - t3):.0f} ms, PNG {1000 * (t5 - t4):.0f} ms")

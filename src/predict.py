@@ -11,22 +11,41 @@ error (no model, bad operating point or arguments).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Before torch is imported: OpenMP threads that spin while waiting steal the cores from each
 # other and from the image decoders whenever anything else runs; sleeping threads made one
 # image's forward pass 30x and a batch 2x faster on a busy 2-core machine (bench/predict.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pneumo.predict import (  # noqa: E402
-    CAM_METHODS,
+from pneumo.atomic import write_bytes  # noqa: E402
+from pneumo.deployment import (  # noqa: E402
     DEFAULT_MODEL,
     DEFAULT_OPERATING_POINT,
-    run_command,
+    OperatingPoint,
+    UsageError,
+    load_model,
+    model_identity,
+    resolve_operating_point,
 )
+from pneumo.file_inference import CAM_METHODS, find_images, predict_files  # noqa: E402
+from pneumo.model import Exported  # noqa: E402
+from pneumo.results import (  # noqa: E402
+    CAM_ALPHA,
+    Failure,
+    cam_names,
+    error_record,
+    heatmap_png,
+    record,
+    verdict,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def probability(text: str) -> float:
@@ -70,17 +89,88 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The predict command: results on stdout, notes and errors on stderr; the exit status."""
     args = parse_args(argv)
-    return run_command(
-        args.paths,
-        model_path=args.model,
-        threshold=args.threshold,
-        operating_point=args.operating_point,
-        cam_dir=args.cam,
-        cam_method=args.cam_method,
-        as_json=args.json,
+    try:
+        op, note = resolve_operating_point(args.threshold, args.operating_point)
+        model = load_model(args.model)
+        if args.cam is not None:
+            args.cam.mkdir(parents=True, exist_ok=True)
+    except (UsageError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    identity = model_identity(model)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    if not args.json:
+        print(
+            f"model {args.model} ({identity['id']}, {model.arch}, {model.image_size}px "
+            f"{model.resize_mode}); operating point {op.threshold:.4f} from {op.source}",
+            file=sys.stderr,
+        )
+    inputs = find_images(args.paths)
+    for path, reason in inputs.errors:
+        print_failure(Failure(path, reason), args.json)
+    n_ok, n_failed = predict_and_print(model, op, identity, inputs.files, args)
+    n_failed += len(inputs.errors)
+    skipped = f", {inputs.skipped} non-image files skipped" if inputs.skipped else ""
+    print(f"{n_ok} predicted, {n_failed} failed{skipped}", file=sys.stderr)
+    return EXIT_FAILED if n_failed else EXIT_OK
+
+
+def predict_and_print(
+    model: Exported,
+    op: OperatingPoint,
+    identity: dict[str, Any],
+    files: list[Path],
+    args: argparse.Namespace,
+) -> tuple[int, int]:
+    """Predict ``files``, print a line per file (writing its heat map); (predicted, failed)."""
+    cam_dir: Path | None = args.cam
+    results = predict_files(
+        model,
+        files,
         batch_size=args.batch_size,
         workers=args.workers,
+        cam_method=args.cam_method if cam_dir is not None else None,
+    )
+    # one result per file, in order, so the names line up even when a file is given twice
+    names = cam_names(files) if cam_dir is not None else [None] * len(files)
+    n_ok = n_failed = 0
+    for res, name in zip(results, names, strict=True):
+        if isinstance(res, Failure):
+            print_failure(res, args.json)
+            n_failed += 1
+            continue
+        cam_path = cam_dir / name if cam_dir is not None and name else None
+        rec = record(res, op, identity, cam=str(cam_path) if cam_path else None)
+        if cam_path is not None:
+            write_bytes(
+                cam_path, heatmap_png(res.image, res.cam_map, rec, args.cam_method, CAM_ALPHA)
+            )
+        print(json.dumps(rec) if args.json else text_line(rec), flush=args.json)
+        n_ok += 1
+    return n_ok, n_failed
+
+
+def print_failure(f: Failure, as_json: bool) -> None:
+    """A file that could not be predicted: a JSON line on stdout, or a text line on stderr."""
+    if as_json:
+        print(json.dumps(error_record(f.file, f.reason)), flush=True)
+    else:
+        print(f"{f.file}: error: {f.reason}", file=sys.stderr)
+
+
+def text_line(rec: dict[str, Any]) -> str:
+    """One human-readable line for a prediction record."""
+    d = rec["decisions"]
+    m = rec["model"]
+    extra = "".join(f"  [{n}]" for n in rec["notes"])
+    cam = f"  cam {rec['cam']}" if rec["cam"] else ""
+    return (
+        f"{rec['file']}: p={rec['prob']:.4f}  {verdict(d['operating_point']).upper()} at "
+        f"{rec['threshold']:.4f}  (at 0.5: {verdict(d['0.5'])}, at 0.25: {verdict(d['0.25'])})  "
+        f"model {m['id']} {m['arch']} {m['image_size']}px{cam}{extra}"
     )
 
 

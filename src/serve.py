@@ -35,19 +35,15 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.requests import ClientDisconnect  # noqa: E402
 
-from pneumo.dicom import ImageReadError  # noqa: E402
-from pneumo.predict import (  # noqa: E402
-    CAM_METHODS,
+from pneumo.deployment import (  # noqa: E402
     DEFAULT_MODEL,
-    EXIT_USAGE,
-    FORM_OVERHEAD,
-    Predictor,
-    UploadError,
     UsageError,
     load_model,
-    receive_upload,
     resolve_operating_point,
 )
+from pneumo.dicom import ImageReadError  # noqa: E402
+from pneumo.file_inference import CAM_METHODS, Predictor  # noqa: E402
+from pneumo.upload import FORM_OVERHEAD, UploadError, receive_upload  # noqa: E402
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # an uncompressed 16-bit 3000 x 3000 CR is ~18 MB
 log = logging.getLogger("pneumo.serve")
@@ -196,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return 2  # a usage error, as argparse's and the predict command's
     import uvicorn  # only when serving: the tests build the app without it
 
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

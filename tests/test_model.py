@@ -146,9 +146,9 @@ def test_loading_a_resnet18_imports_neither_torchvision_nor_lightning(tmp_path):
     export_model(tmp_path / "model.pt", net, "resnet18", 32, "pad", 0.5, 0.25)
     code = (
         "import sys, numpy as np\n"
-        "from pneumo import predict\n"
-        f"m = predict.load_model(__import__('pathlib').Path({str(tmp_path / 'model.pt')!r}))\n"
-        "probs, maps = predict.predict_batch(m, np.zeros((1, 32, 32), np.uint8), 'cam')\n"
+        "from pneumo import deployment, file_inference\n"
+        f"m = deployment.load_model(__import__('pathlib').Path({str(tmp_path / 'model.pt')!r}))\n"
+        "probs, maps = file_inference.predict_batch(m, np.zeros((1, 32, 32), np.uint8), 'cam')\n"
         "print(sorted(k for k in ('torchvision', 'lightning', 'torchmetrics', 'pandas')"
         " if k in sys.modules))\n"
     )

@@ -3,7 +3,6 @@ the same probability as the preprocess + infer path for the same file."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import shutil
@@ -20,10 +19,12 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 import predict as predict_script
 from conftest import TINY_MODEL_SIZE
-from pneumo import predict as pp
 from pneumo.cache import SPLIT_COLUMNS, build_cache, load_for_model, load_square
+from pneumo.deployment import load_model, model_identity, resolve_operating_point
 from pneumo.dicom import ImageReadError
+from pneumo.file_inference import find_images, load_images, predict_files
 from pneumo.model import predict_proba
+from pneumo.results import CAM_PANEL, Failure, Prediction, cam_names
 from pneumo.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_cli_reports_the_probability_of_the_preprocessed_cache(
         progress=False,
     )
     cached = np.load(processed / "test.npy", mmap_mode="r")
-    model = pp.load_model(model_path)
+    model = load_model(model_path)
     expected = predict_proba(model.net, cached, model.mean, model.std, batch_size=4)
 
     # the real command, in a new process, as a person runs it
@@ -140,19 +141,19 @@ def test_cli_reports_the_probability_of_the_preprocessed_cache(
 
 
 def test_batching_and_workers_do_not_change_results(images, model_path):
-    model = pp.load_model(model_path)
+    model = load_model(model_path)
     files = sorted(images.values())
     bad = files[0].parent / "broken.dcm"
     bad.write_bytes(b"DICM but not really")
     files = [files[0], bad, *files[1:]]
     runs = [
-        list(pp.predict_files(model, files, batch_size=b, workers=w))
+        list(predict_files(model, files, batch_size=b, workers=w))
         for b, w in ((2, 0), (3, 2), (64, 1))
     ]
     for results in runs:
         assert [r.file for r in results] == [str(f) for f in files]
-        assert isinstance(results[1], pp.Failure) and "broken.dcm" in results[1].file
-    probs = [[r.prob for r in res if isinstance(r, pp.Prediction)] for res in runs]
+        assert isinstance(results[1], Failure) and "broken.dcm" in results[1].file
+    probs = [[r.prob for r in res if isinstance(r, Prediction)] for res in runs]
     np.testing.assert_allclose(probs[1], probs[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(probs[2], probs[0], rtol=0, atol=1e-6)
     one = load_for_model(files[0], SIZE, "pad")[None]
@@ -163,9 +164,9 @@ def test_batching_and_workers_do_not_change_results(images, model_path):
 
 def test_load_images_prefetch_is_bounded_and_ordered(images):
     files = sorted(images.values()) * 5
-    seen = [f for f, _ in pp.load_images(files, SIZE, "pad", workers=2, prefetch=3)]
+    seen = [f for f, _ in load_images(files, SIZE, "pad", workers=2, prefetch=3)]
     assert seen == files
-    gen = pp.load_images(files, SIZE, "pad", workers=2, prefetch=3)
+    gen = load_images(files, SIZE, "pad", workers=2, prefetch=3)
     next(gen)
     gen.close()  # stopping early cancels the rest instead of decoding everything
 
@@ -180,7 +181,7 @@ def test_text_output_and_exit_status_zero(images, model_path, tmp_path, capsys):
     lines = out.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{images['rsna0']}: p=0.")
-    model_id = pp.model_identity(pp.load_model(model_path))["id"]
+    model_id = model_identity(load_model(model_path))["id"]
     assert f"model {model_id} resnet18 {SIZE}px" in lines[0]
     assert "at 0.5:" in lines[0] and "at 0.25:" in lines[0]
     assert "2 predicted, 0 failed" in err
@@ -253,7 +254,7 @@ def test_folders_are_recursive_and_skip_non_images(images, model_path, tmp_path,
     (root / "README.md").write_text("# scans")
     (root / "a" / "labels.csv").write_text("x,y")
     (root / "a" / "data.bin").write_bytes(b"\0" * 300)
-    inputs = pp.find_images([root])
+    inputs = find_images([root])
     assert inputs.files == [root / "a" / "deeper" / "noext", root / "a" / "x.dcm", root / "b.PNG"]
     assert inputs.skipped == 3 and inputs.errors == []  # hidden folders are not entered
 
@@ -308,7 +309,7 @@ def test_operating_point_file_threshold_flag_and_fallback(images, model_path, tm
     rec = jsonl(out)[0]
     assert rec["threshold"] == 0.01 and rec["positive"] and rec["threshold_source"] == "--threshold"
 
-    op_missing, note = pp.resolve_operating_point(None, None, default_path=tmp_path / "no.json")
+    op_missing, note = resolve_operating_point(None, None, default_path=tmp_path / "no.json")
     assert op_missing.threshold == 0.5 and "no.json not found" in note
 
     code, _, err = run_cli([f, "--model", model_path, "--operating-point", tmp_path / "x"], capsys)
@@ -337,14 +338,14 @@ def test_cam_pngs_are_side_by_side_and_collision_safe(images, model_path, tmp_pa
     with Image.open(out_dir / "x.cam.png") as im:
         assert im.format == "PNG" and im.mode == "RGB"
         rgb = np.asarray(im)
-    side = pp.CAM_PANEL
+    side = CAM_PANEL
     assert rgb.shape[1] == 2 * side + 4 and rgb.shape[0] > side
     left, right = rgb[:side, :side].astype(int), rgb[:side, side + 4 :].astype(int)
     assert (left[..., 0] == left[..., 2]).all()  # the X-ray half is gray
     assert np.abs(right[..., 0] - right[..., 2]).mean() > 5  # the heat-map half is coloured
 
 
-def test_cam_names_and_display_names():
+def test_cam_names():
     files = [
         Path("a/X.dcm"),
         Path("b/x.dcm"),
@@ -352,72 +353,13 @@ def test_cam_names_and_display_names():
         Path("we ird;$(rm).dcm"),
         Path(".dcm"),
     ]
-    assert pp.cam_names(files) == [
+    assert cam_names(files) == [
         "X.cam.png",
         "x-2.cam.png",
         "x-3.cam.png",
         "we_ird_rm.cam.png",
         "dcm.cam.png",
     ]
-    assert pp.display_name("../../etc/passwd") == "passwd"
-    assert pp.display_name("C:\\Users\\a\\scan.dcm") == "scan.dcm"
-    assert pp.display_name("") == "upload" and pp.display_name("..") == "upload"
-
-
-# ----------------------------------------------------------------------------------------------
-# Upload spooling (the service's side, without HTTP)
-
-
-def _multipart(payload: bytes, name: str = "file", filename: str = "a.dcm") -> tuple[bytes, str]:
-    b = "testboundary42"
-    body = (
-        (
-            f'--{b}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n'
-            f'--{b}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + payload
-        + f"\r\n--{b}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={b}"
-
-
-def _receive(body: bytes, ctype: str, tmp_dir: Path, max_bytes: int, chunk: int = 7) -> pp.Upload:
-    async def chunks():
-        for start in range(0, len(body), chunk):
-            yield body[start : start + chunk]
-
-    return asyncio.run(pp.receive_upload(chunks(), ctype, max_bytes=max_bytes, tmp_dir=tmp_dir))
-
-
-def test_receive_upload_streams_to_a_temp_file_and_enforces_limits(tmp_path):
-    payload = bytes(range(256)) * 4
-    body, ctype = _multipart(payload, filename="../../etc/passwd.png")
-    up = _receive(body, ctype, tmp_path, max_bytes=len(payload))
-    assert up.path.parent == tmp_path and up.path.read_bytes() == payload
-    assert up.filename == "passwd.png" and up.size == len(payload) and up.path.suffix == ".png"
-    up.path.unlink()
-
-    cases = [
-        (_multipart(payload), len(payload) - 1, 413),
-        (_multipart(b""), 100, 400),
-        (_multipart(payload, name="other"), 10_000, 400),
-        ((body[:-20], ctype), 10_000, 400),  # no closing boundary
-        ((body, "application/json"), 10_000, 415),
-        ((body, "multipart/form-data"), 10_000, 415),  # no boundary
-    ]
-    for (b, ct), limit, status in cases:
-        with pytest.raises(pp.UploadError) as exc:
-            _receive(b, ct, tmp_path, max_bytes=limit)
-        assert exc.value.status == status, exc.value.reason
-    assert list(tmp_path.iterdir()) == []  # nothing left behind on any refusal
-
-    two = _multipart(payload)[0].replace(b"--testboundary42--", b"--testboundary42")
-    two += b'Content-Disposition: form-data; name="file"; filename="b"\r\n\r\n'
-    two += b"xx\r\n--testboundary42--\r\n"
-    with pytest.raises(pp.UploadError, match="more than one"):
-        _receive(two, ctype, tmp_path, max_bytes=10_000)
-    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,9 +20,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import TINY_MODEL_SIZE
-from pneumo import predict as pp
 from pneumo.cache import load_for_model
+from pneumo.deployment import load_model
 from pneumo.model import predict_proba
+from pneumo.results import CAM_PANEL
 from pneumo.synthetic import generate
 from serve import create_app
 from serve import main as serve_main
@@ -56,7 +57,7 @@ def _upload(path: Path, name: str | None = None) -> dict:
 
 
 def _expected_prob(model_path: Path, path: Path) -> float:
-    model = pp.load_model(model_path)
+    model = load_model(model_path)
     img = load_for_model(path, model.image_size, model.resize_mode)[None]
     return float(predict_proba(model.net, img, model.mean, model.std)[0])
 
@@ -67,7 +68,7 @@ def _expected_prob(model_path: Path, path: Path) -> float:
 
 def test_health_names_the_model(client, model_path):
     body = client.get("/health").json()
-    model = pp.load_model(model_path)
+    model = load_model(model_path)
     assert body["status"] == "ok"
     assert body["model"]["sha256"] == model.sha256 and body["model"]["id"] == model.sha256[:12]
     assert body["model"]["arch"] == "resnet18" and body["model"]["image_size"] == SIZE
@@ -101,7 +102,7 @@ def test_cam_returns_a_png_by_query_and_by_route(client, files, model_path):
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
         assert float(r.headers["x-probability"]) == pytest.approx(expected, abs=1e-6)
         with Image.open(io.BytesIO(r.content)) as im:
-            assert im.format == "PNG" and im.size[0] == 2 * pp.CAM_PANEL + 4
+            assert im.format == "PNG" and im.size[0] == 2 * CAM_PANEL + 4
 
 
 def test_refusals_carry_a_reason(client):

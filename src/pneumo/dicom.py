@@ -46,6 +46,8 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
+from pneumo.sniff import HEAD_BYTES, sniff
+
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -173,26 +175,6 @@ def _one_line(e: BaseException | str, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _sniff(head: bytes) -> str:
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[128:132] == b"DICM":
-        return "dicom"
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
-    if head.startswith((b"II*\x00", b"MM\x00*")):
-        return "tiff"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if head.startswith(b"BM"):
-        return "bmp"
-    return "unknown"
-
-
 def _read_any(path: Path, notes: list[str], caught: list[warnings.WarningMessage]) -> np.ndarray:
     try:
         st = path.stat()
@@ -210,8 +192,8 @@ def _read_any(path: Path, notes: list[str], caught: list[warnings.WarningMessage
             path, f"file too large ({st.st_size >> 20} MiB > {MAX_FILE_BYTES >> 20} MiB)"
         )
     with path.open("rb") as f:
-        head = f.read(132)
-    kind = _sniff(head)
+        head = f.read(HEAD_BYTES)
+    kind = sniff(head)
     if kind in ("png", "jpeg"):
         expected = (".png",) if kind == "png" else (".jpg", ".jpeg")
         if path.suffix.lower() not in expected:

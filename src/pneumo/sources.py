@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from pneumo.atomic import atomic_dir
+from pneumo.sniff import sniff_file
 
 log = logging.getLogger(__name__)
 
@@ -401,17 +402,15 @@ def patient_from_name(stem: str) -> str | None:
 
 def sniff_image(path: Path) -> str | None:
     """The suffix to store ``path`` under (.png / .jpg / .jpeg / .dcm), or None if not an image."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
+    kind = sniff_file(path)
+    if kind is None:
         return None
     suffix = path.suffix.lower()
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+    if kind == "png":
         return ".png"
-    if head.startswith(b"\xff\xd8\xff"):
+    if kind == "jpeg":
         return suffix if suffix in (".jpg", ".jpeg") else ".jpg"
-    if head[128:132] == b"DICM" or suffix in (".dcm", ".dicom"):
+    if kind == "dicom" or suffix in (".dcm", ".dicom"):
         # a .dcm without preamble may still be DICOM (implicit VR): preprocess decides
         return ".dcm"
     return None

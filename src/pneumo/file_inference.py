@@ -1,0 +1,244 @@
+"""Inference over image files with the exported model, the library behind ``src/predict.py`` and
+``src/serve.py``.
+
+Every image goes through ``pneumo.cache.load_square`` (the preprocess stage's reader and resize)
+and ``pneumo.model.predict_proba`` (the infer stage's forward pass) with the exported model's
+stored normalisation, so a file gets here the probability the evaluate stage computed for it.
+Folders are predicted in batches while a small thread pool decodes the next images: Pillow's
+JPEG decoder and resize release the GIL, so decoding overlaps the forward pass. The service
+predicts one upload at a time through a ``Predictor``.
+
+The decision at the operating point uses ``p >= threshold`` as the evaluate stage does.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumo.cache import SquareImage, load_square
+from pneumo.deployment import OperatingPoint, model_identity
+from pneumo.dicom import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageReadError
+from pneumo.model import Exported, normalize, predict_proba
+from pneumo.results import (
+    CAM_ALPHA,
+    Failure,
+    Prediction,
+    heatmap_png,
+    record,
+)
+from pneumo.sniff import sniff_file
+
+CAM_METHODS = ("cam", "gradcam", "gradcam++")
+
+
+@dataclass
+class Inputs:
+    """Image files to predict, in order, plus the paths that could not be used and why."""
+
+    files: list[Path] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped: int = 0  # non-image files inside the folders
+
+
+def looks_like_image(path: Path) -> bool:
+    """Whether a file found in a folder is one to predict: a known suffix or a DICM marker."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES or suffix in IMAGE_SUFFIXES:
+        return True
+    # DICOM files from archives and PACS exports often carry no suffix at all
+    return suffix == "" and sniff_file(path) == "dicom"
+
+
+def find_images(paths: Sequence[str | Path]) -> Inputs:
+    """Expand files and folders (recursively, sorted, hidden entries and symlinked dirs skipped).
+
+    A file named explicitly is always attempted (the reader says why it is not an image); a folder
+    contributes its image files and counts the rest as skipped; a folder with no image at all is
+    an error, so a mistyped folder does not pass silently.
+    """
+    out = Inputs()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found, skipped = _walk(p)
+            out.files.extend(found)
+            out.skipped += skipped
+            if not found:
+                out.errors.append((str(p), f"no DICOM, PNG or JPEG files ({skipped} other files)"))
+        elif p.exists():
+            out.files.append(p)
+        else:
+            out.errors.append((str(p), "no such file or directory"))
+    return out
+
+
+def _walk(root: Path) -> tuple[list[Path], int]:
+    found, skipped = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: no symlink loops
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not name.startswith(".") and path.is_file() and looks_like_image(path):
+                found.append(path)
+            else:
+                skipped += 1
+    return sorted(found), skipped  # path order: a/x.dcm before b.png, at any depth
+
+
+def _load(path: Path, size: int, mode: str) -> SquareImage | Failure:
+    try:
+        return load_square(path, size, mode)
+    except ImageReadError as e:
+        return Failure(str(path), e.reason)
+    except Exception as e:  # a decoder bug must cost one file, not the run
+        return Failure(str(path), f"internal error while reading: {type(e).__name__}: {e}")
+
+
+def load_images(
+    files: Sequence[Path], size: int, mode: str, workers: int = 2, prefetch: int = 64
+) -> Iterator[tuple[Path, SquareImage | Failure]]:
+    """(file, square image or failure) in input order; ``workers`` threads decode ahead.
+
+    At most ``prefetch`` decoded images wait for the consumer, so memory does not grow with the
+    number of files. ``workers = 0`` decodes in the calling thread.
+    """
+    if workers <= 0 or len(files) <= 1:
+        for f in files:
+            yield f, _load(f, size, mode)
+        return
+    pending: deque[tuple[Path, Future]] = deque()
+    it = iter(files)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-load") as pool:
+        try:
+            for f in it:
+                pending.append((f, pool.submit(_load, f, size, mode)))
+                if len(pending) >= max(prefetch, workers):
+                    break
+            while pending:
+                f, fut = pending.popleft()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(_load, nxt, size, mode)))
+                yield f, fut.result()
+        finally:
+            for _, fut in pending:  # the consumer stopped early: do not decode the rest
+                fut.cancel()
+
+
+def predict_batch(
+    model: Exported, images: np.ndarray, cam_method: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (B,) for uint8 images (B, S, S), and heat maps (B, S, S) when asked for.
+
+    Without a heat map this is exactly the infer stage's ``predict_proba``. With one, the
+    probabilities come from the same forward pass as the maps (features, pooling, head), which
+    agrees with ``predict_proba`` to float rounding.
+    """
+    if cam_method is None:
+        return predict_proba(model.net, images, model.mean, model.std, len(images)), None
+    from pneumo.cam import compute_maps  # matplotlib and pandas: only when heat maps are asked for
+
+    probs, maps = compute_maps(
+        model.net, model.arch, normalize(images, model.mean, model.std), cam_method
+    )
+    return probs, maps
+
+
+def predict_files(
+    model: Exported,
+    files: Sequence[Path],
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    cam_method: str | None = None,
+) -> Iterator[Prediction | Failure]:
+    """Predict ``files`` in batches, yielding one result per file in input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    window: list[tuple[Path, SquareImage | Failure]] = []
+    n_ok = 0
+    loaded = load_images(
+        files, model.image_size, model.resize_mode, workers, prefetch=2 * batch_size
+    )
+    for item in loaded:
+        window.append(item)
+        n_ok += isinstance(item[1], SquareImage)
+        if n_ok == batch_size:
+            yield from _run_window(model, window, cam_method)
+            window, n_ok = [], 0
+    if window:
+        yield from _run_window(model, window, cam_method)
+
+
+def _run_window(
+    model: Exported, window: list[tuple[Path, SquareImage | Failure]], cam_method: str | None
+) -> Iterator[Prediction | Failure]:
+    ok = [sq for _, sq in window if isinstance(sq, SquareImage)]
+    probs, maps = (
+        predict_batch(model, np.stack([sq.image for sq in ok]), cam_method) if ok else (None, None)
+    )
+    j = 0
+    for path, sq in window:
+        if isinstance(sq, Failure):
+            yield sq
+            continue
+        keep = maps is not None
+        yield Prediction(
+            file=str(path),
+            prob=float(probs[j]),
+            notes=sq.notes,
+            image=sq.image if keep else None,
+            cam_map=maps[j] if keep else None,
+        )
+        j += 1
+
+
+class Predictor:
+    """A loaded model and its operating point, safe to call from many threads.
+
+    Decoding runs in the caller's thread, at most ``max_decoding`` at a time (a large 16-bit
+    DICOM takes hundreds of MB while it is converted); the forward pass holds a lock, because one
+    torch model called concurrently only competes for the same cores and memory.
+    """
+
+    def __init__(
+        self,
+        model: Exported,
+        op: OperatingPoint,
+        cam_method: str = "cam",
+        alpha: float = CAM_ALPHA,
+        max_decoding: int = 2,
+    ) -> None:
+        if cam_method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {cam_method!r}; choose {', '.join(CAM_METHODS)}")
+        self.model = model
+        self.op = op
+        self.cam_method = cam_method
+        self.alpha = alpha
+        self.identity = model_identity(model)
+        self._lock = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(max_decoding)
+
+    def predict_file(
+        self, path: Path, display_name: str, cam: bool = False
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """(record, heat-map PNG or None) for one file; raises ``ImageReadError``."""
+        with self._decoding:
+            sq = load_square(path, self.model.image_size, self.model.resize_mode)
+        with self._lock:
+            probs, maps = predict_batch(
+                self.model, sq.image[None], self.cam_method if cam else None
+            )
+        pred = Prediction(display_name, float(probs[0]), sq.notes)
+        rec = record(pred, self.op, self.identity)
+        if maps is None:
+            return rec, None
+        return rec, heatmap_png(sq.image, maps[0], rec, self.cam_method, self.alpha)
