@@ -58,7 +58,7 @@ import sys, time; t0 = time.perf_counter(); sys.path.insert(0, "src")
 from pathlib import Path
 from pneumo import predict as pp
 from pneumo.cache import load_square
-import pneumo.cam
+import pneumo.cam.gallery, pneumo.cam.maps
 t1 = time.perf_counter(); model = pp.load_model(Path(sys.argv[1])); t2 = time.perf_counter()
 sq = load_square(Path(sys.argv[2]), model.image_size, model.resize_mode)
 t3 = time.perf_counter(); probs, maps = pp.predict_batch(model, sq.image[None], "cam")

@@ -264,7 +264,7 @@ def predict_batch(
     """
     if cam_method is None:
         return predict_proba(model.net, images, model.mean, model.std, len(images)), None
-    from pneumo.cam import compute_maps  # matplotlib and pandas: only when heat maps are asked for
+    from pneumo.cam.maps import compute_maps  # only when heat maps are asked for
 
     probs, maps = compute_maps(
         model.net, model.arch, normalize(images, model.mean, model.std), cam_method
@@ -380,7 +380,7 @@ def text_line(rec: dict[str, Any]) -> str:
 
 def cam_image(image: np.ndarray, cam_map: np.ndarray, caption: str, alpha: float) -> Image.Image:
     """The X-ray and its heat-map overlay side by side, with a caption strip underneath."""
-    from pneumo.cam import overlay
+    from pneumo.cam.gallery import overlay
 
     s = image.shape[0]
     side = max(s, CAM_PANEL)
