@@ -42,7 +42,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pneumo.cache import load_for_model  # noqa: E402
+from pneumo.imaging import load_for_model  # noqa: E402
 from pneumo.model import build_network, export_model, predict_proba  # noqa: E402
 from pneumo.params import load_section  # noqa: E402
 from pneumo.predict import load_model, predict_files  # noqa: E402
@@ -57,7 +57,7 @@ BREAKDOWN = """
 import sys, time; t0 = time.perf_counter(); sys.path.insert(0, "src")
 from pathlib import Path
 from pneumo import predict as pp
-from pneumo.cache import load_square
+from pneumo.imaging import load_square
 import pneumo.cam.gallery, pneumo.cam.maps
 t1 = time.perf_counter(); model = pp.load_model(Path(sys.argv[1])); t2 = time.perf_counter()
 sq = load_square(Path(sys.argv[2]), model.image_size, model.resize_mode)

@@ -274,13 +274,13 @@ def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
 
 
 def test_box_scaling_matches_the_preprocess_transform():
-    cache = pytest.importorskip("pneumo.cache")
+    imaging = pytest.importorskip("pneumo.imaging")
     original = np.zeros((300, 200), dtype=np.uint8)  # portrait, so pad and crop both act
     boxes = np.array([[40.0, 90.0, 60.0, 80.0], [120.0, 150.0, 50.0, 100.0]])
     for x, y, w, h in boxes.astype(int):
         original[y : y + h, x : x + w] = 255
     for mode in ("pad", "crop", "stretch"):
-        img, transform = cache.fit_to_square(original, 64, mode)
+        img, transform = imaging.fit_to_square(original, 64, mode)
         scaled = transform.apply_boxes(boxes)
         mask = box_mask(scaled, img.shape)
         bright = img > 127

@@ -21,9 +21,10 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 import predict as predict_script
 from conftest import TINY_MODEL_SIZE
 from pneumo import predict as pp
-from pneumo.cache import SPLIT_COLUMNS, build_cache, load_for_model, load_square
 from pneumo.dicom import ImageReadError
+from pneumo.imaging import load_for_model, load_square
 from pneumo.model import predict_proba
+from pneumo.preprocessing import SPLIT_COLUMNS, build_cache
 from pneumo.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import TINY_MODEL_SIZE
 from pneumo import predict as pp
-from pneumo.cache import load_for_model
+from pneumo.imaging import load_for_model
 from pneumo.model import predict_proba
 from pneumo.synthetic import generate
 from serve import create_app

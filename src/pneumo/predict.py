@@ -1,6 +1,6 @@
 """Prediction for files and folders: the library behind ``src/predict.py`` and ``src/serve.py``.
 
-Every image goes through ``pneumo.cache.load_square`` (the preprocess stage's reader and resize)
+Every image goes through ``pneumo.imaging.load_square`` (the preprocess stage's reader and resize)
 and ``pneumo.model.predict_proba`` (the infer stage's forward pass) with the exported model's
 stored normalisation, so a file gets here the probability the evaluate stage computed for it.
 Folders are predicted in batches while a small thread pool decodes the next images: Pillow's
@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pneumo.atomic import write_bytes
-from pneumo.cache import SquareImage, load_square
 from pneumo.dicom import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageReadError
+from pneumo.imaging import SquareImage, load_square
 from pneumo.model import Exported, load_exported, normalize, predict_proba
 
 DEFAULT_MODEL = Path("data/model/model.pt")
