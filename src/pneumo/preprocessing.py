@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pneumo.atomic import remove, swap_in
+from pneumo.boxes import parse_boxes
 from pneumo.conversion import Chunk, convert_chunks
 from pneumo.imaging import RESIZE_MODES, SquareTransform
 from pneumo.workers import n_workers
@@ -46,7 +47,7 @@ class SplitRow:
 
     fields: dict[str, str]  # INDEX_COLUMNS except boxes, verbatim
     image: str  # relative to data/raw
-    boxes: list[list[float]]
+    boxes: np.ndarray  # (K, 4) xywh in the original image's pixels
 
 
 def read_split_csv(path: Path) -> list[SplitRow]:
@@ -62,27 +63,13 @@ def read_split_csv(path: Path) -> list[SplitRow]:
                 if not rec["image"] or not rec["patientId"]:
                     raise PreprocessError(f"{path} line {line}: empty patientId or image")
                 fields = {c: rec[c] or "" for c in INDEX_COLUMNS if c != "boxes"}
-                rows.append(SplitRow(fields, rec["image"], _parse_boxes(rec["boxes"], path, line)))
+                boxes = parse_boxes(rec["boxes"], f"{path} line {line}")
+                rows.append(SplitRow(fields, rec["image"], boxes))
     except FileNotFoundError:
         raise PreprocessError(f"{path} not found (run the split stage first)") from None
+    except ValueError as e:  # a boxes cell
+        raise PreprocessError(str(e)) from None
     return rows
-
-
-def _parse_boxes(text: str | None, path: Path, line: int) -> list[list[float]]:
-    try:
-        boxes = json.loads(text or "[]")
-        if not isinstance(boxes, list) or any(
-            not isinstance(b, list) or len(b) != 4 or not all(_is_number(v) for v in b)
-            for b in boxes
-        ):
-            raise ValueError("expected a JSON list of [x, y, w, h]")
-    except ValueError as e:
-        raise PreprocessError(f"{path} line {line}: boxes {text!r}: {e}") from None
-    return [[float(v) for v in b] for b in boxes]
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _safe_relative(image: str) -> bool:
@@ -253,7 +240,7 @@ def _write_index(path: Path, split: _SplitResult, keep: Iterable[int]) -> None:
         writer.writeheader()
         for i in keep:
             row = split.rows[i]
-            boxes = split.transforms[i].apply_boxes(row.boxes) if row.boxes else np.zeros((0, 4))
+            boxes = split.transforms[i].apply_boxes(row.boxes)
             rounded = [[round(float(v), 3) for v in b] for b in boxes]
             writer.writerow({**row.fields, "boxes": json.dumps(rounded)})
 
