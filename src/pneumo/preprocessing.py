@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.atomic import remove, swap_in
+from pneumo.atomic import atomic_dir
 from pneumo.boxes import parse_boxes
 from pneumo.conversion import Chunk, convert_chunks
 from pneumo.imaging import RESIZE_MODES, SquareTransform
@@ -100,9 +100,10 @@ def build_cache(
 ) -> dict[str, Any]:
     """data/raw + data/split -> data/processed (arrays, index CSVs, stats.json, rejected.csv).
 
-    Everything is built in a hidden sibling directory and swapped in when complete. When more
-    than ``max_rejected_fraction`` of a split is rejected, ``out_dir`` holds only rejected.csv
-    and ``TooManyRejectedError`` says how many and where to look. Returns a summary dict.
+    Everything is built in a pid-named sibling folder (``atomic_dir``) and swapped in when
+    complete. When more than ``max_rejected_fraction`` of a split is rejected, ``out_dir`` holds
+    only rejected.csv and ``TooManyRejectedError`` says how many and where to look. Returns a
+    summary dict.
     """
     raw_dir, split_dir, out_dir = Path(raw_dir), Path(split_dir), Path(out_dir)
     _check_args(image_size, resize_mode, max_rejected_fraction, workers, chunk_size, file_timeout_s)
@@ -111,57 +112,26 @@ def build_cache(
         raise PreprocessError(f"{split_dir / 'train.csv'} has no rows")
     workers = n_workers(workers)
 
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    remove(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        tasks = []
-        for name, split in splits.items():
-            _allocate(tmp / f"{name}.npy.part", len(split.rows), image_size)
-            todo = []
-            for i, row in enumerate(split.rows):
-                if _safe_relative(row.image):
-                    todo.append(i)
-                else:
-                    split.rejected[i] = "image path points outside data/raw"
-            for start in range(0, len(todo), chunk_size):
-                rows = tuple(todo[start : start + chunk_size])
-                paths = tuple(str(raw_dir / split.rows[i].image) for i in rows)
-                npy = str(tmp / f"{name}.npy.part")
-                tasks.append(Chunk(name, npy, rows, paths, image_size, resize_mode, file_timeout_s))
+    with atomic_dir(out_dir) as tmp:
+        chunks = _plan_chunks(
+            tmp, splits, raw_dir, image_size, resize_mode, chunk_size, file_timeout_s
+        )
         notes: Counter = Counter()
-        for task, res in zip(tasks, convert_chunks(tasks, workers, progress), strict=True):
-            split = splits[task.split]
+        for chunk, res in zip(chunks, convert_chunks(chunks, workers, progress), strict=True):
+            split = splits[chunk.split]
             split.transforms.update(res.transforms)
             split.rejected.update(res.rejected)
             split.histogram += res.histogram
             notes.update(res.notes)
-
         _write_rejected(tmp / "rejected.csv", splits)
         failures = _too_many_rejected(splits, max_rejected_fraction)
-        if failures:
+        if failures:  # only the list of rejected files is swapped in: nothing looks finished
             for name in SPLITS:
                 (tmp / f"{name}.npy.part").unlink()
-            swap_in(tmp, out_dir)
-            raise TooManyRejectedError(f"{'; '.join(failures)}; see {out_dir / 'rejected.csv'}")
-
-        for name, split in splits.items():
-            keep = sorted(split.transforms)
-            _compact(tmp / f"{name}.npy.part", tmp / f"{name}.npy", keep, image_size)
-            _write_index(tmp / f"{name}.csv", split, keep)
-        train = splits["train"]
-        stats = {
-            **pixel_stats(train.histogram),
-            "image_size": image_size,
-            "resize_mode": resize_mode,
-            "n_train": len(train.transforms),
-        }
-        with (tmp / "stats.json").open("w") as f:
-            json.dump(stats, f, indent=2)
-            f.write("\n")
-        swap_in(tmp, out_dir)
-    finally:
-        remove(tmp)
+        else:
+            stats = _write_outputs(tmp, splits, image_size, resize_mode)
+    if failures:
+        raise TooManyRejectedError(f"{'; '.join(failures)}; see {out_dir / 'rejected.csv'}")
     return {
         "splits": {
             name: {"images": len(s.rows), "kept": len(s.transforms), "rejected": len(s.rejected)}
@@ -171,6 +141,54 @@ def build_cache(
         "notes": dict(notes),
         "workers": workers,
     }
+
+
+def _plan_chunks(
+    tmp: Path,
+    splits: dict[str, _SplitResult],
+    raw_dir: Path,
+    size: int,
+    mode: str,
+    chunk_size: int,
+    timeout_s: int,
+) -> list[Chunk]:
+    """Allocate each split's array in ``tmp`` and cut its readable rows into worker chunks."""
+    chunks = []
+    for name, split in splits.items():
+        _allocate(tmp / f"{name}.npy.part", len(split.rows), size)
+        todo = []
+        for i, row in enumerate(split.rows):
+            if _safe_relative(row.image):
+                todo.append(i)
+            else:
+                split.rejected[i] = "image path points outside data/raw"
+        for start in range(0, len(todo), chunk_size):
+            rows = tuple(todo[start : start + chunk_size])
+            paths = tuple(str(raw_dir / split.rows[i].image) for i in rows)
+            npy = str(tmp / f"{name}.npy.part")
+            chunks.append(Chunk(name, npy, rows, paths, size, mode, timeout_s))
+    return chunks
+
+
+def _write_outputs(
+    tmp: Path, splits: dict[str, _SplitResult], size: int, mode: str
+) -> dict[str, Any]:
+    """The kept rows' arrays and index CSVs, and stats.json; returns the stats."""
+    for name, split in splits.items():
+        keep = sorted(split.transforms)
+        _compact(tmp / f"{name}.npy.part", tmp / f"{name}.npy", keep, size)
+        _write_index(tmp / f"{name}.csv", split, keep)
+    train = splits["train"]
+    stats = {
+        **pixel_stats(train.histogram),
+        "image_size": size,
+        "resize_mode": mode,
+        "n_train": len(train.transforms),
+    }
+    with (tmp / "stats.json").open("w") as f:
+        json.dump(stats, f, indent=2)
+        f.write("\n")
+    return stats
 
 
 def pixel_stats(histogram: np.ndarray) -> dict[str, float]:
