@@ -42,9 +42,9 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pneumo.cache import load_for_model  # noqa: E402
 from pneumo.deployment import load_model  # noqa: E402
 from pneumo.file_inference import predict_files  # noqa: E402
+from pneumo.imaging import load_for_model  # noqa: E402
 from pneumo.model import build_network, export_model, predict_proba  # noqa: E402
 from pneumo.params import load_section  # noqa: E402
 from pneumo.synthetic import generate  # noqa: E402
@@ -57,11 +57,11 @@ IMAGES = "raw/stage_2_train_images"
 BREAKDOWN = """
 import sys, time; t0 = time.perf_counter(); sys.path.insert(0, "src")
 from pathlib import Path
-from pneumo.cache import load_square
+from pneumo.imaging import load_square
 from pneumo.deployment import load_model
 from pneumo.file_inference import predict_batch
 from pneumo.results import cam_image, png_bytes
-import pneumo.cam
+import pneumo.cam.gallery, pneumo.cam.maps
 t1 = time.perf_counter(); model = load_model(Path(sys.argv[1])); t2 = time.perf_counter()
 sq = load_square(Path(sys.argv[2]), model.image_size, model.resize_mode)
 t3 = time.perf_counter(); probs, maps = predict_batch(model, sq.image[None], "cam")

@@ -5,7 +5,7 @@ same run and on the same (page-cached) files:
 
 - the reference loop, one process: ``pydicom.dcmread(f).pixel_array / 255``, ``cv2.resize`` to
   224, ``np.save`` of one float16 ``.npy`` per image;
-- this project's stage, ``pneumo.cache.build_cache`` over all cores (224 px, pad), the same
+- this project's stage, ``pneumo.preprocessing.build_cache`` over all cores (224 px, pad), the same
   library call ``src/preprocess.py`` makes.
 
 Prints both rates, their ratio and the peak memory (sum of the RSS of the process and all its
@@ -35,7 +35,7 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pneumo.cache import SPLIT_COLUMNS, build_cache  # noqa: E402
+from pneumo.preprocessing import SPLIT_COLUMNS, build_cache  # noqa: E402
 from pneumo.synthetic import generate  # noqa: E402
 from pneumo.workers import available_cores  # noqa: E402
 

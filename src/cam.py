@@ -9,8 +9,10 @@ from pathlib import Path
 # one busy process a training step is 1.8x faster on 2 cores, alone 5 % slower (bench/omp.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pneumo import cam
 from pneumo.atomic import write_json
+from pneumo.cam.analysis import analyse, tune_map_thresholds
+from pneumo.cam.gallery import write_gallery
+from pneumo.cam.inputs import read_decision_threshold, read_predicted_split
 from pneumo.model import load_exported
 from pneumo.params import load_or_exit
 
@@ -25,9 +27,9 @@ METRICS = Path("metrics/cam.json")
 def main() -> None:
     params = load_or_exit("cam")
     model = load_exported(MODEL)
-    val = cam.read_test_set(PROCESSED, PREDICTIONS / "val.csv", split="val")
+    val = read_predicted_split(PROCESSED, PREDICTIONS / "val.csv", "val")
     shift = round(params.shift * model.image_size)  # a fraction of the side -> pixels
-    tuned = cam.tune_map_thresholds(
+    tuned = tune_map_thresholds(
         model,
         val,
         params.thresholds,
@@ -37,10 +39,10 @@ def main() -> None:
     )
     for prefix, t in tuned.items():
         print(f"{prefix} map threshold {t['threshold']} (val IoU {t['val_iou']:.4f})")
-    test = cam.read_test_set(PROCESSED, PREDICTIONS / "test.csv")
-    threshold, source = cam.read_decision_threshold(OPERATING_POINT)
+    test = read_predicted_split(PROCESSED, PREDICTIONS / "test.csv", "test")
+    threshold, source = read_decision_threshold(OPERATING_POINT)
     print(f"decision threshold {threshold:.4f} ({source})")
-    result = cam.analyse(
+    result = analyse(
         model,
         test,
         decision_threshold=threshold,
@@ -53,7 +55,7 @@ def main() -> None:
         bootstrap=params.bootstrap,
         seed=params.seed,
     )
-    cam.write_gallery(GALLERY, result, test, alpha=params.alpha)
+    write_gallery(GALLERY, result, test, alpha=params.alpha)
     write_json(METRICS, result.metrics)
     m = result.metrics
     print(

@@ -24,6 +24,7 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pneumo.atomic import write_bytes  # noqa: E402
+from pneumo.cam.maps import METHODS as CAM_METHODS  # noqa: E402
 from pneumo.deployment import (  # noqa: E402
     DEFAULT_MODEL,
     DEFAULT_OPERATING_POINT,
@@ -33,7 +34,7 @@ from pneumo.deployment import (  # noqa: E402
     model_identity,
     resolve_operating_point,
 )
-from pneumo.file_inference import CAM_METHODS, find_images, predict_files  # noqa: E402
+from pneumo.file_inference import find_images, predict_files  # noqa: E402
 from pneumo.model import Exported  # noqa: E402
 from pneumo.results import (  # noqa: E402
     CAM_ALPHA,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pneumo.cache import PreprocessError, build_cache, print_summary
 from pneumo.params import load_or_exit
+from pneumo.preprocessing import PreprocessError, build_cache, print_summary
 
 RAW, SPLIT, OUT = Path("data/raw"), Path("data/split"), Path("data/processed")
 

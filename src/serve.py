@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.requests import ClientDisconnect  # noqa: E402
 
+from pneumo.cam.maps import METHODS as CAM_METHODS  # noqa: E402
 from pneumo.deployment import (  # noqa: E402
     DEFAULT_MODEL,
     UsageError,
@@ -42,7 +43,7 @@ from pneumo.deployment import (  # noqa: E402
     resolve_operating_point,
 )
 from pneumo.dicom import ImageReadError  # noqa: E402
-from pneumo.file_inference import CAM_METHODS, Predictor  # noqa: E402
+from pneumo.file_inference import Predictor  # noqa: E402
 from pneumo.upload import FORM_OVERHEAD, UploadError, receive_upload  # noqa: E402
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # an uncompressed 16-bit 3000 x 3000 CR is ~18 MB

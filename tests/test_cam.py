@@ -16,7 +16,25 @@ from PIL import Image
 from torch import nn
 
 from conftest import run_stage
-from pneumo import cam
+from pneumo.cam.analysis import analyse, bootstrap_ci, tune_map_thresholds
+from pneumo.cam.gallery import GROUPS, Tile, caption, overlay, render_gallery, select_cases
+from pneumo.cam.inputs import CamInputs, read_decision_threshold, read_predicted_split
+from pneumo.cam.localization import (
+    box_mask,
+    gaussian_map,
+    iou_dice,
+    mass_inside,
+    peak,
+    pearson,
+    pointing_game,
+)
+from pneumo.cam.maps import (
+    METHODS,
+    activation_maps,
+    class_activation_maps,
+    compute_maps,
+    normalize_maps,
+)
 from pneumo.model import (
     ARCHS,
     Exported,
@@ -57,11 +75,11 @@ def test_cam_on_hand_built_features_equals_formula():
     a0 = [[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]
     a1 = [[0.0, 3.0, 1.0], [1.0, 0.0, 0.0]]
     acts = torch.tensor([[a0, a1]])
-    raw = cam.class_activation_maps(acts, torch.tensor([2.0, -1.0]))
+    raw = class_activation_maps(acts, torch.tensor([2.0, -1.0]))
     expected_raw = np.array([[2.0, -3.0, 3.0], [-1.0, 2.0, 0.0]])
     np.testing.assert_allclose(raw[0].numpy(), expected_raw)
 
-    logits, maps = cam.activation_maps(acts, _head([2.0, -1.0], bias=0.5), "cam")
+    logits, maps = activation_maps(acts, _head([2.0, -1.0], bias=0.5), "cam")
     # min -3, max 3: (raw + 3) / 6, no ReLU for plain CAM
     np.testing.assert_allclose(maps[0].numpy(), (expected_raw + 3) / 6, atol=1e-6)
     # logit = w . spatial mean + b = 2 * (4 / 6) - (5 / 6) + 0.5
@@ -70,7 +88,7 @@ def test_cam_on_hand_built_features_equals_formula():
 
 def test_upsampling_is_bilinear_after_normalisation():
     acts = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
-    _, maps = cam.activation_maps(acts, _head([1.0]), "cam", size=8)
+    _, maps = activation_maps(acts, _head([1.0]), "cam", size=8)
     expected = F.interpolate(
         torch.tensor([[[[0.0, 0.25], [0.5, 1.0]]]]), size=(8, 8), mode="bilinear"
     )
@@ -80,14 +98,14 @@ def test_upsampling_is_bilinear_after_normalisation():
 
 def test_constant_map_becomes_zeros_not_nan():
     acts = torch.ones(2, 3, 4, 4)
-    for method in cam.METHODS:
-        _, maps = cam.activation_maps(acts, _head([1.0, 2.0, -1.0]), method, size=16)
+    for method in METHODS:
+        _, maps = activation_maps(acts, _head([1.0, 2.0, -1.0]), method, size=16)
         assert torch.isfinite(maps).all() and (maps == 0).all(), method
 
 
 def test_cam_of_resnet18_equals_manual_computation(resnet):
     x = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))
-    probs, maps = cam.compute_maps(resnet, "resnet18", x, "cam")
+    probs, maps = compute_maps(resnet, "resnet18", x, "cam")
     with torch.no_grad():
         h = resnet.maxpool(resnet.relu(resnet.bn1(resnet.conv1(x))))
         feats = resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(h))))
@@ -111,20 +129,20 @@ def test_gradcam_equals_relu_cam_for_gap_linear_head():
         acts = features(x)
         # weights that favour the top-left cell over the bottom-right one: maps of both signs
         linear.weight.copy_((acts[:, :, 0, 0] - acts[:, :, 1, 1]).mean(0)[None])
-        raw = cam.class_activation_maps(acts, linear.weight[0])
+        raw = class_activation_maps(acts, linear.weight[0])
     assert (raw > 0).any() and (raw < 0).any()  # otherwise ReLU would be a no-op here
-    _, grad_maps = cam.compute_maps(net, "resnet18", x, "gradcam")
-    expected = cam.normalize_maps(torch.relu(raw))
+    _, grad_maps = compute_maps(net, "resnet18", x, "gradcam")
+    expected = normalize_maps(torch.relu(raw))
     expected = F.interpolate(expected[:, None], size=(64, 64), mode="bilinear")[:, 0]
     np.testing.assert_allclose(grad_maps, expected.numpy(), atol=1e-5)
-    _, cam_maps = cam.compute_maps(net, "resnet18", x, "cam")
+    _, cam_maps = compute_maps(net, "resnet18", x, "cam")
     assert not np.allclose(grad_maps, cam_maps, atol=1e-3)  # CAM keeps the negative evidence
 
 
 def test_gradcam_plus_plus_closed_form_on_hand_built_features():
     acts = torch.tensor([[[[1.0, 3.0], [0.0, 2.0]], [[2.0, 0.0], [1.0, 1.0]]]])
     w = [0.8, -0.4]
-    _, maps = cam.activation_maps(acts, _head(w), "gradcam++")
+    _, maps = activation_maps(acts, _head(w), "gradcam++")
     # gradients are constant per channel: g_c = w_c / 4; alpha = g^2 / (2 g^2 + sum(A_c) g^3)
     weights = []
     for c, wc in enumerate(w):
@@ -142,8 +160,8 @@ def test_maps_for_every_arch_have_image_shape_and_range(arch):
     x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected_probs = torch.sigmoid(net(x)[:, 0]).numpy()
-    for method in cam.METHODS:
-        probs, maps = cam.compute_maps(net, arch, x, method)
+    for method in METHODS:
+        probs, maps = compute_maps(net, arch, x, method)
         assert maps.shape == (2, 64, 64) and maps.dtype == np.float32, method
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1, method
         np.testing.assert_allclose(probs, expected_probs, atol=1e-5)
@@ -151,9 +169,9 @@ def test_maps_for_every_arch_have_image_shape_and_range(arch):
 
 def test_compute_maps_rejects_a_wrong_shape(resnet):
     with pytest.raises(ValueError, match=r"\(B, 1, S, S\)"):
-        cam.compute_maps(resnet, "resnet18", torch.zeros(1, 3, 32, 32))
+        compute_maps(resnet, "resnet18", torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="unknown CAM method"):
-        cam.compute_maps(resnet, "resnet18", torch.zeros(1, 1, 32, 32), "saliency")
+        compute_maps(resnet, "resnet18", torch.zeros(1, 1, 32, 32), "saliency")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,52 +179,52 @@ def test_compute_maps_rejects_a_wrong_shape(resnet):
 
 
 def test_box_mask_uses_pixel_centres():
-    m = cam.box_mask([[2.0, 1.0, 3.0, 2.0]], (6, 8))
+    m = box_mask([[2.0, 1.0, 3.0, 2.0]], (6, 8))
     assert m.sum() == 6 and m[1:3, 2:5].all()
     # [2.6, 4.4): centres 3.5 only -> column 3; [0.5, 1.5): centre 0.5 in, 1.5 out -> row 0
-    m = cam.box_mask([[2.6, 0.5, 1.8, 1.0]], (6, 8))
+    m = box_mask([[2.6, 0.5, 1.8, 1.0]], (6, 8))
     assert list(zip(*np.nonzero(m), strict=True)) == [(0, 3)]
     # a sub-pixel box keeps the pixel holding its centre
-    m = cam.box_mask([[4.1, 2.2, 0.3, 0.3]], (6, 8))
+    m = box_mask([[4.1, 2.2, 0.3, 0.3]], (6, 8))
     assert list(zip(*np.nonzero(m), strict=True)) == [(2, 4)]
     # boxes past the border are clipped; the union of overlapping boxes counts once
-    m = cam.box_mask([[-3.0, 4.0, 5.0, 10.0], [0.0, 5.0, 1.0, 1.0]], (6, 8))
+    m = box_mask([[-3.0, 4.0, 5.0, 10.0], [0.0, 5.0, 1.0, 1.0]], (6, 8))
     assert m.sum() == 4 and m[4:6, 0:2].all()
 
 
 def test_pointing_game_known_answers():
     cam_map = np.zeros((20, 20), dtype=np.float32)
     cam_map[5, 12] = 1.0
-    assert cam.pointing_game(cam_map, [[10, 3, 5, 5]])
-    assert not cam.pointing_game(cam_map, [[0, 0, 5, 5]])
-    assert cam.pointing_game(cam_map, [[0, 0, 5, 5], [12, 5, 1, 1]])  # any box counts
+    assert pointing_game(cam_map, [[10, 3, 5, 5]])
+    assert not pointing_game(cam_map, [[0, 0, 5, 5]])
+    assert pointing_game(cam_map, [[0, 0, 5, 5], [12, 5, 1, 1]])  # any box counts
     with pytest.raises(ValueError, match="no box"):
-        cam.pointing_game(cam_map, [])
+        pointing_game(cam_map, [])
 
 
 def test_pointing_tolerance_counts_near_misses():
     cam_map = np.zeros((40, 40), dtype=np.float32)
     cam_map[20, 20] = 1.0
     box = [[23.0, 24.0, 5.0, 5.0]]  # nearest pixel centre (23, 24) is 3 rows, 4 cols away: 5 px
-    assert not cam.pointing_game(cam_map, box)
-    assert not cam.pointing_game(cam_map, box, tolerance=4.9)
-    assert cam.pointing_game(cam_map, box, tolerance=5.0)
+    assert not pointing_game(cam_map, box)
+    assert not pointing_game(cam_map, box, tolerance=4.9)
+    assert pointing_game(cam_map, box, tolerance=5.0)
 
 
 def test_peak_of_an_upsampled_border_cell_is_the_cell_centre():
     # the maximum of a 2 x 2 CAM in its top-left cell becomes, after bilinear upsampling to 64, a
     # plateau over rows and columns 0-15; the cell's centre is at 15.5
     acts = torch.tensor([[[[1.0, 0.2], [0.4, 0.0]]]])
-    _, maps = cam.activation_maps(acts, _head([1.0]), "cam", size=64)
+    _, maps = activation_maps(acts, _head([1.0]), "cam", size=64)
     m = maps[0].numpy()
     assert m[0, 0] == m[15, 15] == m.max()
-    assert cam.peak(m) == (15, 15)
-    assert cam.pointing_game(m, [[12.0, 12.0, 8.0, 8.0]])
-    assert not cam.pointing_game(m, [[0.0, 0.0, 4.0, 4.0]])
+    assert peak(m) == (15, 15)
+    assert pointing_game(m, [[12.0, 12.0, 8.0, 8.0]])
+    assert not pointing_game(m, [[0.0, 0.0, 4.0, 4.0]])
     # interior maxima are untouched by the tie rule
     single = np.zeros((9, 9))
     single[1, 7] = 1.0
-    assert cam.peak(single) == (1, 7)
+    assert peak(single) == (1, 7)
 
 
 def test_iou_dice_and_mass_known_answers():
@@ -215,19 +233,19 @@ def test_iou_dice_and_mass_known_answers():
     cam_map[0:10, 0:5] = 0.3  # below 0.5 * max: not in the thresholded region
     box = [[5.0, 0.0, 10.0, 10.0]]
     # region = rows 0-9 x cols 5-9 (50 px), box = rows 0-9 x cols 5-14 (100 px), overlap 50
-    iou, dice = cam.iou_dice(cam_map, box, threshold=0.5)
+    iou, dice = iou_dice(cam_map, box, threshold=0.5)
     assert iou == pytest.approx(0.5) and dice == pytest.approx(2 * 50 / 150)
-    iou, dice = cam.iou_dice(cam_map, box, threshold=0.2)  # region = the 10 x 10 square
+    iou, dice = iou_dice(cam_map, box, threshold=0.2)  # region = the 10 x 10 square
     assert iou == pytest.approx(50 / 150) and dice == pytest.approx(0.5)
-    assert cam.mass_inside(cam_map, box) == pytest.approx(0.8 * 50 / (0.8 * 50 + 0.3 * 50))
+    assert mass_inside(cam_map, box) == pytest.approx(0.8 * 50 / (0.8 * 50 + 0.3 * 50))
     zero = np.zeros((20, 20), dtype=np.float32)
-    assert cam.iou_dice(zero, box, 0.5) == (0.0, 0.0)
-    assert not cam.pointing_game(zero, [[0.0, 0.0, 20.0, 20.0]])  # a constant map points nowhere
-    assert cam.mass_inside(zero, box) == 0.0
+    assert iou_dice(zero, box, 0.5) == (0.0, 0.0)
+    assert not pointing_game(zero, [[0.0, 0.0, 20.0, 20.0]])  # a constant map points nowhere
+    assert mass_inside(zero, box) == 0.0
 
 
 def test_gaussian_baseline_is_centred_and_normalised():
-    g = cam.gaussian_map(33)
+    g = gaussian_map(33)
     assert g.shape == (33, 33) and g.min() == 0.0 and g.max() == 1.0
     assert np.unravel_index(np.argmax(g), g.shape) == (16, 16)
     np.testing.assert_allclose(g, g.T)
@@ -237,34 +255,34 @@ def test_gaussian_baseline_is_centred_and_normalised():
 def test_pearson_matches_numpy_and_is_zero_for_constant_maps():
     rng = np.random.default_rng(0)
     a, b = rng.random((8, 8)), rng.random((8, 8))
-    assert cam.pearson(a, b) == pytest.approx(np.corrcoef(a.ravel(), b.ravel())[0, 1])
-    assert cam.pearson(a, 2 * a + 1) == pytest.approx(1.0)
-    assert cam.pearson(a, np.zeros((8, 8))) == 0.0
+    assert pearson(a, b) == pytest.approx(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    assert pearson(a, 2 * a + 1) == pytest.approx(1.0)
+    assert pearson(a, np.zeros((8, 8))) == 0.0
 
 
 def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
     rng = np.random.default_rng(1)
     values = rng.random(200)
-    lo, hi = cam.bootstrap_ci(values, 500, seed=3)
+    lo, hi = bootstrap_ci(values, 500, seed=3)
     assert lo < values.mean() < hi
     # the interval of a mean of 200 uniforms is about +-1.96 * 0.289 / sqrt(200) = +-0.04
     assert 0.06 < hi - lo < 0.1
-    assert cam.bootstrap_ci(values, 500, seed=3) == (lo, hi)
-    assert cam.bootstrap_ci(values, 500, seed=4) != (lo, hi)
-    assert cam.bootstrap_ci([0.5, 0.5, 0.5], 100, seed=0) == (0.5, 0.5)
-    assert all(math.isnan(v) for v in cam.bootstrap_ci([], 100, seed=0))
+    assert bootstrap_ci(values, 500, seed=3) == (lo, hi)
+    assert bootstrap_ci(values, 500, seed=4) != (lo, hi)
+    assert bootstrap_ci([0.5, 0.5, 0.5], 100, seed=0) == (0.5, 0.5)
+    assert all(math.isnan(v) for v in bootstrap_ci([], 100, seed=0))
 
 
 def test_box_scaling_matches_the_preprocess_transform():
-    cache = pytest.importorskip("pneumo.cache")
+    imaging = pytest.importorskip("pneumo.imaging")
     original = np.zeros((300, 200), dtype=np.uint8)  # portrait, so pad and crop both act
     boxes = np.array([[40.0, 90.0, 60.0, 80.0], [120.0, 150.0, 50.0, 100.0]])
     for x, y, w, h in boxes.astype(int):
         original[y : y + h, x : x + w] = 255
     for mode in ("pad", "crop", "stretch"):
-        img, transform = cache.fit_to_square(original, 64, mode)
+        img, transform = imaging.fit_to_square(original, 64, mode)
         scaled = transform.apply_boxes(boxes)
-        mask = cam.box_mask(scaled, img.shape)
+        mask = box_mask(scaled, img.shape)
         bright = img > 127
         inter = np.logical_and(mask, bright).sum()
         iou = inter / np.logical_or(mask, bright).sum()
@@ -280,36 +298,36 @@ def test_overlay_blends_gray_and_jet():
     img = np.full((4, 4), 100, dtype=np.uint8)
     cam_map = np.zeros((4, 4), dtype=np.float32)
     cam_map[0, 0] = 1.0
-    assert (cam.overlay(img, cam_map, alpha=0.0) == 100).all()
-    full = cam.overlay(img, cam_map, alpha=1.0)
+    assert (overlay(img, cam_map, alpha=0.0) == 100).all()
+    full = overlay(img, cam_map, alpha=1.0)
     assert full.shape == (4, 4, 3) and full.dtype == np.uint8
     assert full[1, 1].tolist() == [0, 0, 128]  # jet(0): dark blue
     assert full[0, 0].tolist() == [128, 0, 0]  # jet(1): dark red
-    half = cam.overlay(img, cam_map, alpha=0.5)
+    half = overlay(img, cam_map, alpha=0.5)
     assert half[1, 1].tolist() == [50, 50, 114]
     with pytest.raises(ValueError):
-        cam.overlay(img, cam_map[:2], alpha=0.5)
+        overlay(img, cam_map[:2], alpha=0.5)
 
 
 def test_select_cases_takes_the_most_confident_of_each_group():
     probs = np.array([0.9, 0.2, 0.7, 0.95, 0.1, 0.6, 0.3, 0.05])
     targets = np.array([1, 1, 0, 1, 0, 0, 1, 0])
-    groups = cam.select_cases(probs, targets, threshold=0.6, k=2)
+    groups = select_cases(probs, targets, threshold=0.6, k=2)
     assert groups["tp"].tolist() == [3, 0]
     assert groups["fp"].tolist() == [2, 5]  # 0.6 >= threshold counts as positive
     assert groups["fn"].tolist() == [1, 6]
     assert groups["tn"].tolist() == [7, 4]
-    assert cam.select_cases(probs, targets, threshold=0.99, k=3)["tp"].tolist() == []
+    assert select_cases(probs, targets, threshold=0.99, k=3)["tp"].tolist() == []
 
 
-def _tiles(n: int, size: int = 48) -> list[cam.Tile]:
+def _tiles(n: int, size: int = 48) -> list[Tile]:
     rng = np.random.default_rng(0)
     return [
-        cam.Tile(
+        Tile(
             image=rng.integers(0, 255, (size, size), dtype=np.uint8),
             cam_map=rng.random((size, size)).astype(np.float32),
             boxes=np.array([[5.0, 6.0, 20.0, 12.0]]),
-            caption=cam.caption("0123456789abcdef", 0.5, 1),
+            caption=caption("0123456789abcdef", 0.5, 1),
         )
         for _ in range(n)
     ]
@@ -317,15 +335,15 @@ def _tiles(n: int, size: int = 48) -> list[cam.Tile]:
 
 def test_gallery_png_has_the_layout_size(tmp_path):
     # 3 tiles, 2 per row: width 16 + 2 * (2 * 256 + 4 + 16), height 48 + 2 rows * (256 + 32 + 16)
-    cam.render_gallery(tmp_path / "g.png", "three", _tiles(3), alpha=0.4)
+    render_gallery(tmp_path / "g.png", "three", _tiles(3), alpha=0.4)
     with Image.open(tmp_path / "g.png") as im:
         assert im.size == (1080, 656) and im.mode in ("RGB", "RGBA")
         pixels = np.asarray(im.convert("RGB"))
     assert pixels.std() > 20  # images were drawn, not a blank page
-    cam.render_gallery(tmp_path / "empty.png", "none", [], alpha=0.4)
+    render_gallery(tmp_path / "empty.png", "none", [], alpha=0.4)
     with Image.open(tmp_path / "empty.png") as im:
         assert im.size == (1080, 352)
-    assert cam.caption("0123456789abcdef", 0.51234, 1) == "01234567  p=0.512  label 1"
+    assert caption("0123456789abcdef", 0.51234, 1) == "01234567  p=0.512  label 1"
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -372,8 +390,8 @@ def _fake_pipeline(root: Path, n: int = 12, size: int = 64) -> tuple[nn.Module, 
     return net, probs
 
 
-def _inputs(root: Path) -> cam.CamInputs:
-    return cam.read_test_set(root / "data/processed", root / "data/predictions/test.csv")
+def _inputs(root: Path) -> CamInputs:
+    return read_predicted_split(root / "data/processed", root / "data/predictions/test.csv", "test")
 
 
 def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
@@ -389,38 +407,38 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
         batch_size=5,
         bootstrap=100,
     )
-    a = cam.analyse(model, test, seed=0, **kwargs)
-    b = cam.analyse(model, test, seed=0, **kwargs)
+    a = analyse(model, test, seed=0, **kwargs)
+    b = analyse(model, test, seed=0, **kwargs)
     assert a.metrics == b.metrics
     assert a.metrics["n_images"] == 5  # 6 positives, one without boxes
     assert set(a.maps) == {int(i) for g in a.groups.values() for i in g}
     for rows in a.groups.values():
         for i in rows:
             x = normalize(np.asarray(test.images[[i]]), 0.5, 0.25)
-            single = cam.compute_maps(net, "resnet18", x)[1][0]  # batch of 1: float rounding
+            single = compute_maps(net, "resnet18", x)[1][0]  # batch of 1: float rounding
             np.testing.assert_allclose(a.maps[int(i)], single, atol=1e-5)
     # the model's maps against themselves would correlate perfectly; random weights do not
     assert -1 <= a.metrics["sanity.random_corr"] < 0.99
 
-    stale = cam.CamInputs(test.images, test.patient_ids, test.targets, test.boxes, probs[::-1])
+    stale = CamInputs(test.images, test.patient_ids, test.targets, test.boxes, probs[::-1])
     with pytest.raises(ValueError, match="stale"):
-        cam.analyse(model, stale, seed=0, **kwargs)
+        analyse(model, stale, seed=0, **kwargs)
 
 
 def test_shift_averaged_maps_are_the_mean_of_the_moved_maps():
     torch.manual_seed(3)
     net = build_network("resnet18", last_stride=1).eval()
     x = torch.randn(2, 1, 64, 64)
-    probs0, maps0 = cam.compute_maps(net, "resnet18", x)
-    probs, maps = cam.compute_maps(net, "resnet18", x, shift=4)
+    probs0, maps0 = compute_maps(net, "resnet18", x)
+    probs, maps = compute_maps(net, "resnet18", x, shift=4)
     np.testing.assert_array_equal(probs, probs0)  # the unshifted image's probability
     total = torch.zeros(2, 64, 64)
     for dy in (-4, 0, 4):
         for dx in (-4, 0, 4):
             moved = torch.roll(x, (dy, dx), dims=(2, 3))
-            one = torch.from_numpy(cam.compute_maps(net, "resnet18", moved)[1])
+            one = torch.from_numpy(compute_maps(net, "resnet18", moved)[1])
             total += torch.roll(one, (-dy, -dx), dims=(1, 2))
-    expected = cam.normalize_maps(total).numpy()
+    expected = normalize_maps(total).numpy()
     np.testing.assert_allclose(maps, expected, atol=1e-5)
     assert maps.min() == 0.0 and maps.max() == pytest.approx(1.0)
     assert not np.allclose(maps, maps0, atol=1e-3)  # the average is not the single map
@@ -429,28 +447,26 @@ def test_shift_averaged_maps_are_the_mean_of_the_moved_maps():
 def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):
     net, _ = _fake_pipeline(tmp_path)
     model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test")
-    val = cam.read_test_set(
+    val = read_predicted_split(
         tmp_path / "data/processed", tmp_path / "data/predictions/val.csv", "val"
     )
     candidates = [0.2, 0.4, 0.6, 0.8]
-    tuned = cam.tune_map_thresholds(model, val, candidates, method="cam", batch_size=3)
+    tuned = tune_map_thresholds(model, val, candidates, method="cam", batch_size=3)
     rows = [i for i, t in enumerate(val.targets) if t and len(val.boxes[i])]
     x = normalize(np.asarray(val.images[rows]), 0.5, 0.25)
-    maps = cam.compute_maps(net, "resnet18", x)[1]
-    gauss = cam.gaussian_map(64)
+    maps = compute_maps(net, "resnet18", x)[1]
+    gauss = gaussian_map(64)
     for prefix, per_row in (("cam", list(maps)), ("baseline", [gauss] * len(rows))):
         mean_iou = [
-            np.mean(
-                [cam.iou_dice(m, val.boxes[i], t)[0] for m, i in zip(per_row, rows, strict=True)]
-            )
+            np.mean([iou_dice(m, val.boxes[i], t)[0] for m, i in zip(per_row, rows, strict=True)])
             for t in candidates
         ]
         assert tuned[prefix]["threshold"] == candidates[int(np.argmax(mean_iou))]
         assert tuned[prefix]["val_iou"] == pytest.approx(max(mean_iou))
         assert tuned[prefix]["n_val_images"] == len(rows) == 5
-    no_boxes = cam.CamInputs(val.images, val.patient_ids, val.targets * 0, val.boxes, val.probs)
+    no_boxes = CamInputs(val.images, val.patient_ids, val.targets * 0, val.boxes, val.probs)
     with pytest.raises(ValueError, match="no validation positive"):
-        cam.tune_map_thresholds(model, no_boxes, candidates, method="cam", batch_size=3)
+        tune_map_thresholds(model, no_boxes, candidates, method="cam", batch_size=3)
 
 
 def test_read_inputs_name_the_bad_file_and_row(tmp_path):
@@ -464,7 +480,7 @@ def test_read_inputs_name_the_bad_file_and_row(tmp_path):
     preds.iloc[::-1].to_csv(tmp_path / "data/predictions/test.csv", index=False)
     with pytest.raises(ValueError, match="same order"):
         _inputs(tmp_path)
-    threshold, why = cam.read_decision_threshold(tmp_path / "absent.json")
+    threshold, why = read_decision_threshold(tmp_path / "absent.json")
     assert threshold == 0.5 and "not found" in why
 
 
@@ -483,7 +499,7 @@ def test_stage_end_to_end(tmp_path):
             lo, mid, hi = (metrics[f"{prefix}.{key}{s}"] for s in ("_lo", "", "_hi"))
             assert 0 <= lo <= mid <= hi <= 1, (prefix, key)
     assert -1 <= metrics["sanity.random_corr"] <= 1
-    for group in cam.GROUPS:
+    for group in GROUPS:
         with Image.open(tmp_path / "plots/cam" / f"{group}.png") as im:
             assert im.size[0] == 1080 and im.size[1] in (352, 656)
     assert not list(tmp_path.rglob("*.tmp"))

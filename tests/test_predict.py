@@ -19,11 +19,12 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 import predict as predict_script
 from conftest import TINY_MODEL_SIZE
-from pneumo.cache import SPLIT_COLUMNS, build_cache, load_for_model, load_square
 from pneumo.deployment import load_model, model_identity, resolve_operating_point
 from pneumo.dicom import ImageReadError
 from pneumo.file_inference import find_images, load_images, predict_files
+from pneumo.imaging import load_for_model, load_square
 from pneumo.model import predict_proba
+from pneumo.preprocessing import SPLIT_COLUMNS, build_cache
 from pneumo.results import CAM_PANEL, Failure, Prediction, cam_names
 from pneumo.synthetic import generate
 

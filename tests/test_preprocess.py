@@ -19,18 +19,17 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-import pneumo.cache as cache
+import pneumo.conversion as conversion
 from conftest import run_stage
-from pneumo.cache import (
+from pneumo.dicom import read_image
+from pneumo.imaging import fit_to_square, load_for_model
+from pneumo.preprocessing import (
     INDEX_COLUMNS,
     SPLIT_COLUMNS,
     TooManyRejectedError,
     build_cache,
-    fit_to_square,
-    load_for_model,
     pixel_stats,
 )
-from pneumo.dicom import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(1)
@@ -255,7 +254,7 @@ def test_too_many_rejected_fails_and_keeps_the_report(tmp_path):
 def test_a_crashing_or_hanging_decoder_costs_one_row(tmp_path, monkeypatch):
     rows = make_tree(tmp_path)
     images = tmp_path / "data/raw/stage_2_train_images"
-    real = cache.load_square
+    real = conversion.load_square
 
     def flaky(path, size, mode):  # the forked workers inherit this patch
         if Path(path).name == "t1.dcm":
@@ -265,7 +264,7 @@ def test_a_crashing_or_hanging_decoder_costs_one_row(tmp_path, monkeypatch):
             time.sleep(30)  # ended by the 1 s alarm
         return real(path, size, mode)
 
-    monkeypatch.setattr(cache, "load_square", flaky)
+    monkeypatch.setattr(conversion, "load_square", flaky)
     t0 = time.monotonic()
     _run(tmp_path, chunk_size=3, file_timeout_s=1, max_rejected_fraction=0.5)
     assert time.monotonic() - t0 < 25

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import TINY_MODEL_SIZE
-from pneumo.cache import load_for_model
 from pneumo.deployment import load_model
+from pneumo.imaging import load_for_model
 from pneumo.model import predict_proba
 from pneumo.results import CAM_PANEL
 from pneumo.synthetic import generate

@@ -1,7 +1,7 @@
 """Inference over image files with the exported model, the library behind ``src/predict.py`` and
 ``src/serve.py``.
 
-Every image goes through ``pneumo.cache.load_square`` (the preprocess stage's reader and resize)
+Every image goes through ``pneumo.imaging.load_square`` (the preprocess stage's reader and resize)
 and ``pneumo.model.predict_proba`` (the infer stage's forward pass) with the exported model's
 stored normalisation, so a file gets here the probability the evaluate stage computed for it.
 Folders are predicted in batches while a small thread pool decodes the next images: Pillow's
@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.cache import SquareImage, load_square
+from pneumo.cam.maps import METHODS, compute_maps
 from pneumo.deployment import OperatingPoint, model_identity
 from pneumo.dicom import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageReadError
+from pneumo.imaging import SquareImage, load_square
 from pneumo.model import Exported, normalize, predict_proba
 from pneumo.results import (
     CAM_ALPHA,
@@ -36,8 +37,6 @@ from pneumo.results import (
     record,
 )
 from pneumo.sniff import sniff_file
-
-CAM_METHODS = ("cam", "gradcam", "gradcam++")
 
 
 @dataclass
@@ -144,7 +143,6 @@ def predict_batch(
     """
     if cam_method is None:
         return predict_proba(model.net, images, model.mean, model.std, len(images)), None
-    from pneumo.cam import compute_maps  # matplotlib and pandas: only when heat maps are asked for
 
     probs, maps = compute_maps(
         model.net, model.arch, normalize(images, model.mean, model.std), cam_method
@@ -217,8 +215,8 @@ class Predictor:
         alpha: float = CAM_ALPHA,
         max_decoding: int = 2,
     ) -> None:
-        if cam_method not in CAM_METHODS:
-            raise ValueError(f"unknown CAM method {cam_method!r}; choose {', '.join(CAM_METHODS)}")
+        if cam_method not in METHODS:
+            raise ValueError(f"unknown CAM method {cam_method!r}; choose {', '.join(METHODS)}")
         self.model = model
         self.op = op
         self.cam_method = cam_method

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.atomic import atomic_dir
+from pneumo.boxes import parse_boxes
 from pneumo.dicom import ImageMeta, read_meta
 
 log = logging.getLogger(__name__)
@@ -526,7 +527,7 @@ def _summary(df: pd.DataFrame, class_keys: dict[str, str]) -> dict[str, Any]:
         "groups": int(df["groupId"].nunique()),
         "positive": positive,
         "prevalence": round(positive / n, 4) if n else 0.0,
-        "boxes": int(sum(len(json.loads(b)) for b in df["boxes"])),
+        "boxes": int(sum(len(parse_boxes(b, "the split table")) for b in df["boxes"])),
         "class": {k: int(classes.get(name, 0)) for name, k in class_keys.items()},
         "view": {v: int(views.get(v, 0)) for v in (*VIEWS, "unknown")},
     }

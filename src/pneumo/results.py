@@ -83,7 +83,7 @@ def verdict(positive: bool) -> str:
 
 def cam_image(image: np.ndarray, cam_map: np.ndarray, caption: str, alpha: float) -> Image.Image:
     """The X-ray and its heat-map overlay side by side, with a caption strip underneath."""
-    from pneumo.cam import overlay
+    from pneumo.cam.gallery import overlay
 
     s = image.shape[0]
     side = max(s, CAM_PANEL)

@@ -1,0 +1,84 @@
+"""The cam stage's inputs: one processed split with its predictions, and the decision threshold."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pneumo.boxes import parse_boxes
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_DECISION_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class CamInputs:
+    """One processed split (val or test) with its predictions, row-aligned."""
+
+    images: np.ndarray  # uint8 (N, S, S), possibly a memmap
+    patient_ids: list[str]
+    targets: np.ndarray  # int (N,)
+    boxes: list[np.ndarray]  # (K, 4) per row, S frame
+    probs: np.ndarray  # float64 (N,) from the predictions file
+
+
+def read_predicted_split(processed_dir: Path, predictions_csv: Path, split: str) -> CamInputs:
+    """Load <split>.npy + <split>.csv from ``processed_dir``; check the predictions file matches."""
+    npy, csv = processed_dir / f"{split}.npy", processed_dir / f"{split}.csv"
+    images = np.load(npy, mmap_mode="r")
+    if images.ndim != 3 or images.dtype != np.uint8 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"{npy}: expected uint8 (N, S, S), got {images.dtype} {images.shape}")
+    index = _read_csv(csv, ["patientId", "target", "boxes"])
+    preds = _read_csv(predictions_csv, ["patientId", "prob"])
+    if len(index) != len(images):
+        raise ValueError(f"{csv} has {len(index)} rows but {npy} has {len(images)} images")
+    if (
+        len(preds) != len(index)
+        or not (preds["patientId"].values == index["patientId"].values).all()
+    ):
+        raise ValueError(
+            f"{predictions_csv} does not list the patients of {csv} in the same order "
+            "(stale predictions? run `dvc repro infer`)"
+        )
+    probs = preds["prob"].to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(probs) | (probs < 0) | (probs > 1))
+    if bad.size:
+        raise ValueError(
+            f"{predictions_csv} row {bad[0] + 2}: prob {probs[bad[0]]!r} not in [0, 1]"
+        )
+    boxes = [parse_boxes(b, f"{csv} row {i + 2}") for i, b in enumerate(index["boxes"])]
+    return CamInputs(
+        images=images,
+        patient_ids=[str(p) for p in index["patientId"]],
+        targets=index["target"].to_numpy(dtype=np.int64),
+        boxes=boxes,
+        probs=probs,
+    )
+
+
+def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    df = pd.read_csv(path, dtype={"patientId": str})
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def read_decision_threshold(path: Path) -> tuple[float, str]:
+    """The operating threshold from evaluate, or 0.5 when the file is absent (with the reason)."""
+    if not path.is_file():
+        return DEFAULT_DECISION_THRESHOLD, f"{path} not found: using {DEFAULT_DECISION_THRESHOLD}"
+    with path.open() as f:
+        data = json.load(f)
+    t = data.get("threshold") if isinstance(data, dict) else None
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 1:
+        raise ValueError(f"{path}: 'threshold' must be a number in [0, 1], got {t!r}")
+    return float(t), f"operating point from {path}"
