@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pneumo import synthetic
+from pneumo import synthetic  # noqa: E402
+from pneumo.rsna import LABELS_CSV, TRAIN_IMAGES  # noqa: E402
 from pneumo.workers import n_workers  # noqa: E402
 
 
@@ -61,11 +62,11 @@ def _load_small(raw: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[np.n
     import pydicom
     from PIL import Image
 
-    labels = pd.read_csv(raw / synthetic.LABELS_CSV)
+    labels = pd.read_csv(raw / LABELS_CSV)
     ids = list(dict.fromkeys(labels["patientId"]))
     images, targets, boxes = [], [], []
     for pid in ids:
-        ds = pydicom.dcmread(raw / synthetic.TRAIN_IMAGES / f"{pid}.dcm")
+        ds = pydicom.dcmread(raw / TRAIN_IMAGES / f"{pid}.dcm")
         img = ds.pixel_array
         k = size / img.shape[0]
         small = Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR)

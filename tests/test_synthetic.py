@@ -17,7 +17,7 @@ import pytest
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
 from pneumo import synthetic
-from pneumo.sources import CLASS_INFO_CSV, LABELS_CSV, TRAIN_IMAGES
+from pneumo.rsna import CLASS_INFO_CSV, KAGGLE_ZIP_NAME, LABELS_CSV, TRAIN_IMAGES
 
 SIZE = 128
 N = 40
@@ -266,8 +266,8 @@ def test_global_statistics_do_not_give_the_answer() -> None:
 
 
 def test_write_kaggle_zip_is_deterministic(raw: Path, tmp_path: Path) -> None:
-    a = synthetic.write_kaggle_zip(raw, tmp_path / "a" / synthetic.KAGGLE_ZIP_NAME)
-    b = synthetic.write_kaggle_zip(raw, tmp_path / "b" / synthetic.KAGGLE_ZIP_NAME)
+    a = synthetic.write_kaggle_zip(raw, tmp_path / "a" / KAGGLE_ZIP_NAME)
+    b = synthetic.write_kaggle_zip(raw, tmp_path / "b" / KAGGLE_ZIP_NAME)
     with zipfile.ZipFile(a) as za, zipfile.ZipFile(b) as zb:
         assert za.namelist() == zb.namelist()
         assert all(za.read(n) == zb.read(n) for n in za.namelist())

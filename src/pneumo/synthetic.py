@@ -55,9 +55,10 @@ from pydicom.uid import (
 
 from pneumo import exactmath as em
 from pneumo.atomic import atomic_dir, atomic_path
-from pneumo.sources import (
+from pneumo.rsna import (
+    CLASS_INFO_COLUMNS,
     CLASS_INFO_CSV,
-    KAGGLE_ZIP_NAME,
+    LABEL_COLUMNS,
     LABELS_CSV,
     TEST_IMAGES,
     TRAIN_IMAGES,
@@ -68,11 +69,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CLASSES",
-    "CLASS_INFO_CSV",
-    "KAGGLE_ZIP_NAME",
-    "LABELS_CSV",
-    "TEST_IMAGES",
-    "TRAIN_IMAGES",
     "Patient",
     "Rendered",
     "generate",
@@ -885,8 +881,8 @@ def write_labels(rows: list[dict], out_dir: Path) -> None:
         open(classes_tmp, "w", newline="") as fc,
     ):
         wl, wc = csv.writer(fl, lineterminator="\n"), csv.writer(fc, lineterminator="\n")
-        wl.writerow(["patientId", "x", "y", "width", "height", "Target"])
-        wc.writerow(["patientId", "class"])
+        wl.writerow(LABEL_COLUMNS)
+        wc.writerow(CLASS_INFO_COLUMNS)
         for r in rows:
             for box in r["boxes"] or [None]:
                 coords = [_fmt(v) for v in box] if box else ["", "", "", ""]
