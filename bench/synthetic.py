@@ -17,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # the task-difficulty measures are test fixtures
 
+from fixtures import global_features, global_stats_auroc  # noqa: E402
 from pneumo import synthetic  # noqa: E402
 from pneumo.rsna import LABELS_CSV, TRAIN_IMAGES  # noqa: E402
 from pneumo.workers import n_workers  # noqa: E402
@@ -35,7 +38,7 @@ def rate(n: int, size: int, workers: int) -> float:
 def _features(args: tuple[int, int, int]) -> tuple[np.ndarray, int, str]:
     seed, index, size = args
     patient, rendered = synthetic.synthesize(seed, index, size)
-    return synthetic.global_features(rendered.image), patient.target, patient.view
+    return global_features(rendered.image), patient.target, patient.view
 
 
 def logistic_bound(n: int, size: int, seed: int, workers: int) -> dict:
@@ -50,9 +53,9 @@ def logistic_bound(n: int, size: int, seed: int, workers: int) -> dict:
     return {
         "n": n,
         "positive": float(y.mean()),
-        "lr_auroc": synthetic.global_stats_auroc(x, y),
+        "lr_auroc": global_stats_auroc(x, y),
         "view_only_auroc": float(roc_auc_score(y, ap)),
-        "lr_auroc_view_from_stats": synthetic.global_stats_auroc(x, ap.astype(int)),
+        "lr_auroc_view_from_stats": global_stats_auroc(x, ap.astype(int)),
     }
 
 

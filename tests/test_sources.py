@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from conftest import write_params
+from fixtures import KAGGLE_ZIP_NAME, write_kaggle_zip
 from pneumo import sources, synthetic
-from pneumo.rsna import CLASS_INFO_CSV, KAGGLE_ZIP_NAME, LABELS_CSV, TEST_IMAGES, TRAIN_IMAGES
+from pneumo.rsna import CLASS_INFO_CSV, LABELS_CSV, TEST_IMAGES, TRAIN_IMAGES
 from pneumo.sources import SourceError
 
 KAGGLE_FILES = (LABELS_CSV, CLASS_INFO_CSV)
@@ -43,7 +44,7 @@ def small_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def kaggle_zip(small_raw: Path) -> Path:
-    return synthetic.write_kaggle_zip(small_raw, small_raw.parent / KAGGLE_ZIP_NAME)
+    return write_kaggle_zip(small_raw, small_raw.parent / KAGGLE_ZIP_NAME)
 
 
 # ----------------------------------------------------------------------------------------------

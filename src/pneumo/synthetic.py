@@ -26,15 +26,12 @@ since every box lies inside a lung.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import math
 import multiprocessing
-import tempfile
 import time
 import uuid
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +57,6 @@ from pneumo.rsna import (
     CLASS_INFO_CSV,
     LABEL_COLUMNS,
     LABELS_CSV,
-    TEST_IMAGES,
     TRAIN_IMAGES,
 )
 from pneumo.workers import n_workers, process_pool
@@ -72,15 +68,13 @@ __all__ = [
     "Patient",
     "Rendered",
     "generate",
-    "global_features",
-    "global_stats_auroc",
     "patient_rng",
     "render",
     "sample_patient",
     "synthesize",
     "to_dicom",
     "write_dicom",
-    "write_kaggle_zip",
+    "write_patients",
 ]
 
 CLASSES = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
@@ -816,7 +810,7 @@ def write_dicom(ds: Dataset, path: Path) -> None:
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
 
-def _make_patients(seed: int, start: int, stop: int, size: int, out_dir: str) -> list[dict]:
+def write_patients(seed: int, start: int, stop: int, size: int, out_dir: str) -> list[dict]:
     """Draw and write patients [start, stop); return their label rows (worker entry point)."""
     rows = []
     for index in range(start, stop):
@@ -855,13 +849,13 @@ def _draw_all(seed: int, n: int, size: int, out_dir: Path, workers: int) -> list
 
     if workers <= 1:
         for s, e in chunks:
-            collect(_make_patients(seed, s, e, size, str(out_dir)))
+            collect(write_patients(seed, s, e, size, str(out_dir)))
         return rows
     # spawn, not fork: the parent may hold torch/OpenMP threads that a fork would copy badly
     # (callers' scripts therefore need the usual `if __name__ == "__main__":` guard)
     ctx = multiprocessing.get_context("spawn")
     with process_pool(workers, ctx) as pool:
-        futures = [pool.submit(_make_patients, seed, s, e, size, str(out_dir)) for s, e in chunks]
+        futures = [pool.submit(write_patients, seed, s, e, size, str(out_dir)) for s, e in chunks]
         for fut in futures:
             collect(fut.result())
     return rows
@@ -921,67 +915,3 @@ def generate(
         "seconds": round(seconds, 2),
         "images_per_s": round(n_patients / seconds, 1),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# The Kaggle archive
-
-
-def write_kaggle_zip(raw_dir: Path, zip_path: Path, n_test_images: int = 2) -> Path:
-    """Pack a raw dir as the Kaggle archive (same member names at the zip root).
-
-    Adds ``n_test_images`` unlabelled test DICOMs, the sample submission and the credits note the
-    real archive carries, so that extraction of only what the pipeline needs is exercised.
-    """
-    raw_dir, zip_path = Path(raw_dir), Path(zip_path)
-    labels = raw_dir / LABELS_CSV
-    images = sorted((raw_dir / TRAIN_IMAGES).glob("*.dcm"))
-    if not labels.is_file() or not (raw_dir / CLASS_INFO_CSV).is_file() or not images:
-        raise FileNotFoundError(f"{raw_dir} is not a raw dir (labels, class info, images)")
-    size = int(pydicom.dcmread(images[0], stop_before_pixels=True).Rows)
-    # test patients get their own random stream, derived from the labels so ids never collide
-    test_seed = int.from_bytes(hashlib.sha256(labels.read_bytes()).digest()[:8], "big")
-    with (
-        atomic_path(zip_path) as tmp_zip,
-        tempfile.TemporaryDirectory() as td,
-        zipfile.ZipFile(tmp_zip, "w") as zf,
-    ):
-        test_rows = _make_patients(test_seed, 0, n_test_images, size, td)
-        for r in test_rows:
-            name = f"{TEST_IMAGES}/{r['patientId']}.dcm"
-            zf.write(Path(td) / f"{r['patientId']}.dcm", name, zipfile.ZIP_STORED)
-        for path in images:
-            zf.write(path, f"{TRAIN_IMAGES}/{path.name}", zipfile.ZIP_STORED)
-        for name in (LABELS_CSV, CLASS_INFO_CSV):
-            zf.write(raw_dir / name, name, zipfile.ZIP_DEFLATED)
-        sub = "patientId,PredictionString\n" + "".join(
-            f"{r['patientId']},0.5 0 0 100 100\n" for r in test_rows
-        )
-        zf.writestr("stage_2_sample_submission.csv", sub, zipfile.ZIP_DEFLATED)
-        zf.writestr(
-            "GCP Credits Request Link - RSNA.txt", "https://www.kaggle.com/\n", zipfile.ZIP_DEFLATED
-        )
-    return zip_path
-
-
-# ----------------------------------------------------------------------------------------------
-# How hard the task is
-
-
-def global_features(image: np.ndarray) -> np.ndarray:
-    """Global statistics of a uint8 image: mean, std and a 16-bin normalised histogram."""
-    img = np.asarray(image, dtype=np.float64)
-    hist = np.histogram(img, bins=16, range=(0, 256))[0] / img.size
-    return np.concatenate([[img.mean() / 255, img.std() / 255], hist])
-
-
-def global_stats_auroc(features: np.ndarray, target: np.ndarray, folds: int = 5) -> float:
-    """Cross-validated AUROC of a logistic regression on ``features`` (the shortcut bound)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=0)
-    return float(cross_val_score(model, features, target, cv=cv, scoring="roc_auc").mean())
