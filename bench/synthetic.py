@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # the task-difficulty measures are test fixtures
 
 from fixtures import global_features, global_stats_auroc  # noqa: E402
-from pneumo import synthetic  # noqa: E402
 from pneumo.rsna import LABELS_CSV, TRAIN_IMAGES  # noqa: E402
+from pneumo.synthetic import generate  # noqa: E402
+from pneumo.synthetic.render import synthesize  # noqa: E402
 from pneumo.workers import n_workers  # noqa: E402
 
 
@@ -31,13 +32,13 @@ def rate(n: int, size: int, workers: int) -> float:
     """Images per second of ``generate`` (DICOMs and CSVs written) at ``size`` px."""
     with tempfile.TemporaryDirectory() as td:
         t0 = time.perf_counter()
-        synthetic.generate(Path(td) / "raw", n, image_size=size, seed=0, workers=workers)
+        generate(Path(td) / "raw", n, image_size=size, seed=0, workers=workers)
         return n / (time.perf_counter() - t0)
 
 
 def _features(args: tuple[int, int, int]) -> tuple[np.ndarray, int, str]:
     seed, index, size = args
-    patient, rendered = synthetic.synthesize(seed, index, size)
+    patient, rendered = synthesize(seed, index, size)
     return global_features(rendered.image), patient.target, patient.view
 
 
@@ -84,7 +85,7 @@ def _load_small(raw: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[np.n
 def small_dataset(n: int, gen_size: int, size: int, seed: int) -> dict:
     """Generate ``n`` patients at ``gen_size`` px (DICOMs), read back at ``size`` px."""
     with tempfile.TemporaryDirectory() as td:
-        synthetic.generate(Path(td) / "raw", n, image_size=gen_size, seed=seed)
+        generate(Path(td) / "raw", n, image_size=gen_size, seed=seed)
         x, y, boxes = _load_small(Path(td) / "raw", size)
     return {"x": x, "y": y, "boxes": boxes}
 

@@ -17,7 +17,7 @@ import pydicom
 
 from pneumo.atomic import atomic_path
 from pneumo.rsna import CLASS_INFO_CSV, LABELS_CSV, TEST_IMAGES, TRAIN_IMAGES
-from pneumo.synthetic import write_patients
+from pneumo.synthetic.files import write_patients
 
 # what the Kaggle client saves `kaggle competitions download` as
 KAGGLE_ZIP_NAME = "rsna-pneumonia-detection-challenge.zip"
