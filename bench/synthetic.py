@@ -17,9 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # the task-difficulty measures are test fixtures
 
-from pneumo import synthetic
+from fixtures import global_features, global_stats_auroc  # noqa: E402
+from pneumo.rsna import LABELS_CSV, TRAIN_IMAGES  # noqa: E402
+from pneumo.synthetic import generate  # noqa: E402
+from pneumo.synthetic.render import synthesize  # noqa: E402
 from pneumo.workers import n_workers  # noqa: E402
 
 
@@ -27,14 +32,14 @@ def rate(n: int, size: int, workers: int) -> float:
     """Images per second of ``generate`` (DICOMs and CSVs written) at ``size`` px."""
     with tempfile.TemporaryDirectory() as td:
         t0 = time.perf_counter()
-        synthetic.generate(Path(td) / "raw", n, image_size=size, seed=0, workers=workers)
+        generate(Path(td) / "raw", n, image_size=size, seed=0, workers=workers)
         return n / (time.perf_counter() - t0)
 
 
 def _features(args: tuple[int, int, int]) -> tuple[np.ndarray, int, str]:
     seed, index, size = args
-    patient, rendered = synthetic.synthesize(seed, index, size)
-    return synthetic.global_features(rendered.image), patient.target, patient.view
+    patient, rendered = synthesize(seed, index, size)
+    return global_features(rendered.image), patient.target, patient.view
 
 
 def logistic_bound(n: int, size: int, seed: int, workers: int) -> dict:
@@ -49,9 +54,9 @@ def logistic_bound(n: int, size: int, seed: int, workers: int) -> dict:
     return {
         "n": n,
         "positive": float(y.mean()),
-        "lr_auroc": synthetic.global_stats_auroc(x, y),
+        "lr_auroc": global_stats_auroc(x, y),
         "view_only_auroc": float(roc_auc_score(y, ap)),
-        "lr_auroc_view_from_stats": synthetic.global_stats_auroc(x, ap.astype(int)),
+        "lr_auroc_view_from_stats": global_stats_auroc(x, ap.astype(int)),
     }
 
 
@@ -61,11 +66,11 @@ def _load_small(raw: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[np.n
     import pydicom
     from PIL import Image
 
-    labels = pd.read_csv(raw / synthetic.LABELS_CSV)
+    labels = pd.read_csv(raw / LABELS_CSV)
     ids = list(dict.fromkeys(labels["patientId"]))
     images, targets, boxes = [], [], []
     for pid in ids:
-        ds = pydicom.dcmread(raw / synthetic.TRAIN_IMAGES / f"{pid}.dcm")
+        ds = pydicom.dcmread(raw / TRAIN_IMAGES / f"{pid}.dcm")
         img = ds.pixel_array
         k = size / img.shape[0]
         small = Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR)
@@ -80,7 +85,7 @@ def _load_small(raw: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[np.n
 def small_dataset(n: int, gen_size: int, size: int, seed: int) -> dict:
     """Generate ``n`` patients at ``gen_size`` px (DICOMs), read back at ``size`` px."""
     with tempfile.TemporaryDirectory() as td:
-        synthetic.generate(Path(td) / "raw", n, image_size=gen_size, seed=seed)
+        generate(Path(td) / "raw", n, image_size=gen_size, seed=seed)
         x, y, boxes = _load_small(Path(td) / "raw", size)
     return {"x": x, "y": y, "boxes": boxes}
 

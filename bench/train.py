@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # the blob dataset is a test fixture
 
 import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
@@ -30,7 +31,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-from pneumo.data import XrayDataModule, write_blob_dataset  # noqa: E402
+from fixtures import write_blob_dataset  # noqa: E402
+from pneumo.data import XrayDataModule  # noqa: E402
 from pneumo.model import build_network, normalize  # noqa: E402
 from pneumo.params import as_dict, load_section  # noqa: E402
 from pneumo.training import PneumoniaClassifier, pos_weight_from_targets  # noqa: E402

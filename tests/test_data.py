@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from fixtures import write_blob_dataset
 from pneumo.data import (
     DataError,
     EpochSampler,
@@ -22,7 +23,6 @@ from pneumo.data import (
     random_affine,
     read_stats,
     read_targets,
-    write_blob_dataset,
 )
 from pneumo.model import normalize
 

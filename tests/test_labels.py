@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from conftest import run_stage
 from pneumo import labels as L
 from pneumo.dicom import read_meta
+from pneumo.rsna import CLASS_INFO_CSV, LABELS_CSV, TRAIN_IMAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 LO, NLO, NORMAL = "Lung Opacity", "No Lung Opacity / Not Normal", "Normal"
@@ -36,7 +37,7 @@ def write_csvs(raw: Path, rows: list[tuple], classes: list[tuple] | None = None,
     """rows: (patientId, box or None, Target); classes default to the one RSNA's Target implies."""
     raw.mkdir(parents=True, exist_ok=True)
     header = ["patientId", "x", "y", "width", "height", "Target"] + (["groupId"] if group else [])
-    with (raw / L.LABELS_CSV).open("w", newline="") as f:
+    with (raw / LABELS_CSV).open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for i, (pid, box, target) in enumerate(rows):
@@ -44,7 +45,7 @@ def write_csvs(raw: Path, rows: list[tuple], classes: list[tuple] | None = None,
             w.writerow([pid, *xywh, target] + ([group[i]] if group else []))
     if classes is None:
         classes = [(pid, LO if t == 1 else NORMAL) for pid, _, t in rows]
-    with (raw / L.CLASS_CSV).open("w", newline="") as f:
+    with (raw / CLASS_INFO_CSV).open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["patientId", "class"])
         w.writerows(classes)
@@ -75,7 +76,7 @@ def make_raw(raw: Path, n_neg: int = 30, n_pos: int = 12, seed: int = 0) -> list
     """A small raw dir with DICOMs: positives have 1-2 boxes, views mixed, a few ages."""
     rng = np.random.default_rng(seed)
     rows, ids = [], []
-    images = raw / L.IMAGES_DIR
+    images = raw / TRAIN_IMAGES
     images.mkdir(parents=True)
     for i in range(n_neg + n_pos):
         pid = str(uuid.UUID(int=int(rng.integers(2**63)) + i))
@@ -222,18 +223,18 @@ def test_image_level_labels_without_any_box_are_allowed(tmp_path):
 def test_bad_csv_shapes(tmp_path):
     with pytest.raises(L.LabelError, match=r"stage_2_train_labels.csv not found"):
         L.read_labels(tmp_path)
-    (tmp_path / L.LABELS_CSV).write_text("patientId,x,y,Target\na,,,0\n")
-    (tmp_path / L.CLASS_CSV).write_text("patientId,class\na,Normal\n")
+    (tmp_path / LABELS_CSV).write_text("patientId,x,y,Target\na,,,0\n")
+    (tmp_path / CLASS_INFO_CSV).write_text("patientId,class\na,Normal\n")
     with pytest.raises(L.LabelError, match=r"missing column\(s\) width, height"):
         L.read_labels(tmp_path)
-    (tmp_path / L.LABELS_CSV).write_text("patientId,x,y,width,height,Target\na,abc,1,2,3,1\n")
+    (tmp_path / LABELS_CSV).write_text("patientId,x,y,width,height,Target\na,abc,1,2,3,1\n")
     with pytest.raises(L.LabelError, match=r"x is not a finite number on line 2.*'abc'"):
         L.read_labels(tmp_path)
 
 
 def test_missing_image_is_an_error(tmp_path):
     ids = make_raw(tmp_path, n_neg=3, n_pos=1)
-    (tmp_path / L.IMAGES_DIR / f"{ids[1]}.dcm").unlink()
+    (tmp_path / TRAIN_IMAGES / f"{ids[1]}.dcm").unlink()
     table = L.dedupe(L.read_labels(tmp_path))
     with pytest.raises(L.LabelError, match=rf"1 labelled patientId\(s\) have no image.*{ids[1]}"):
         L.match_images(table, tmp_path)
@@ -241,7 +242,7 @@ def test_missing_image_is_an_error(tmp_path):
 
 def test_two_files_for_one_patient_is_an_error(tmp_path):
     ids = make_raw(tmp_path, n_neg=2, n_pos=1)
-    Image.new("L", (8, 8)).save(tmp_path / L.IMAGES_DIR / f"{ids[0]}.png")
+    Image.new("L", (8, 8)).save(tmp_path / TRAIN_IMAGES / f"{ids[0]}.png")
     table = L.dedupe(L.read_labels(tmp_path))
     with pytest.raises(L.LabelError, match=rf"more than one image file: {ids[0]}"):
         L.match_images(table, tmp_path)
@@ -253,7 +254,7 @@ def test_two_files_for_one_patient_is_an_error(tmp_path):
 
 def test_build_table_reads_headers_and_flags(tmp_path, caplog):
     ids = make_raw(tmp_path, n_neg=8, n_pos=4)
-    images = tmp_path / L.IMAGES_DIR
+    images = tmp_path / TRAIN_IMAGES
     write_dicom(images / f"{ids[0]}.dcm", view="AP", sex="F", age="155")  # RSNA's data error
     # an interrupted copy: cut inside the header of the second file-meta element
     # (preamble 128 + "DICM" 4 + group length 12 + 9 bytes), which pydicom cannot parse
@@ -272,7 +273,7 @@ def test_build_table_reads_headers_and_flags(tmp_path, caplog):
     t = table.set_index("patientId")
     assert t.loc[ids[0], ["view", "sex", "age", "age_flag"]].tolist() == ["AP", "F", 155, 1]
     assert t.loc[ids[1], ["view", "sex"]].tolist() == ["", ""] and pd.isna(t.loc[ids[1], "age"])
-    assert t.loc[ids[2], "image"] == f"{L.IMAGES_DIR}/{ids[2]}.png"
+    assert t.loc[ids[2], "image"] == f"{TRAIN_IMAGES}/{ids[2]}.png"
     assert t.loc[ids[2], "view"] == ""  # PNG: no header
     assert t.loc[ids[3], ["view", "sex", "age", "age_flag"]].tolist() == ["AP", "F", 23, 0]
     assert "unlabelled-1" not in set(t.index)
@@ -450,7 +451,7 @@ def test_stage_script_end_to_end(tmp_path):
         assert len(L.read_split(tmp_path / "data" / "split" / f"{name}.csv")) == metrics[name]["n"]
     assert "train" in done.stderr and "positive" in done.stderr
 
-    (tmp_path / "data" / "raw" / L.LABELS_CSV).write_text("patientId,x,y,width,height,Target\n")
+    (tmp_path / "data" / "raw" / LABELS_CSV).write_text("patientId,x,y,width,height,Target\n")
     done = run_stage("split.py", tmp_path)
     assert done.returncode == 1 and "split: error:" in done.stderr and "no rows" in done.stderr
     assert "Traceback" not in done.stderr

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torchvision import models
 
-from pneumo.data import XrayDataModule, write_blob_dataset
+from fixtures import write_blob_dataset
+from pneumo.data import XrayDataModule
 from pneumo.model import (
     ARCHS,
     WEIGHT_URLS,

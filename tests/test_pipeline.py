@@ -17,17 +17,36 @@ SRC = ROOT / "src"
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def _module_file(module: str) -> Path | None:
+    """The file of a ``pneumo.*`` module or package, None if there is none."""
+    base = SRC / module.replace(".", "/")
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _with_packages(module: str) -> set[str]:
+    """``module`` and the packages below ``pneumo`` that importing it runs first."""
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+
+
 def _imported_modules(path: Path) -> set[str]:
     """``pneumo.*`` modules a file imports anywhere (top level or inside functions)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("pneumo.")}
+            names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "pneumo":
-                found |= {f"pneumo.{a.name}" for a in node.names}
-            elif node.module.startswith("pneumo."):
-                found.add(node.module)
+            # `from package import name` imports a module too when package/name is one
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            names = [node.module, *(m for m in subs if _module_file(m))]
+        else:
+            continue
+        for name in names:
+            if name.startswith("pneumo."):
+                found |= _with_packages(name)
     return found
 
 
@@ -41,8 +60,8 @@ def project_files(script: Path) -> set[str]:
             continue
         seen.add(path)
         for module in _imported_modules(path):
-            target = SRC / (module.replace(".", "/") + ".py")
-            assert target.is_file(), f"{path.relative_to(ROOT)} imports {module}: no {target}"
+            target = _module_file(module)
+            assert target, f"{path.relative_to(ROOT)} imports {module}: no such module in {SRC}"
             todo.append(target)
     return {p.relative_to(ROOT).as_posix() for p in seen}
 
@@ -65,6 +84,15 @@ def test_the_import_walk_sees_lazy_and_package_imports(tmp_path: Path) -> None:
         "def f():\n"
         "    from pneumo.atomic import write_json\n"
         "    import pneumo.params\n"
+        "    from pneumo.synthetic import cohort, generate\n"
+        "    from pneumo.synthetic.render import render\n"
     )
     found = _imported_modules(script)
-    assert found == {"pneumo.labels", "pneumo.atomic", "pneumo.params"}
+    assert found == {
+        "pneumo.labels",
+        "pneumo.atomic",
+        "pneumo.params",
+        "pneumo.synthetic",
+        "pneumo.synthetic.cohort",
+        "pneumo.synthetic.render",
+    }

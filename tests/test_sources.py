@@ -17,14 +17,13 @@ import pytest
 from PIL import Image
 
 from conftest import write_params
-from pneumo import sources, synthetic
-from pneumo.sources import (
-    CLASS_INFO_CSV,
-    LABELS_CSV,
-    TEST_IMAGES,
-    TRAIN_IMAGES,
-    SourceError,
-)
+from fixtures import KAGGLE_ZIP_NAME, write_kaggle_zip
+from pneumo import sources
+from pneumo.rsna import CLASS_INFO_CSV, LABELS_CSV, TEST_IMAGES, TRAIN_IMAGES
+from pneumo.sources import SourceError
+from pneumo.synthetic import generate
+from pneumo.synthetic.files import to_dicom, write_dicom
+from pneumo.synthetic.render import synthesize
 
 KAGGLE_FILES = (LABELS_CSV, CLASS_INFO_CSV)
 
@@ -42,13 +41,13 @@ def tree_digest(root: Path) -> dict[str, str]:
 def small_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic raw dir (8 patients at 64 px)."""
     raw = tmp_path_factory.mktemp("gen") / "raw"
-    synthetic.generate(raw, 8, image_size=64, seed=5, workers=1)
+    generate(raw, 8, image_size=64, seed=5, workers=1)
     return raw
 
 
 @pytest.fixture(scope="module")
 def kaggle_zip(small_raw: Path) -> Path:
-    return synthetic.write_kaggle_zip(small_raw, small_raw.parent / synthetic.KAGGLE_ZIP_NAME)
+    return write_kaggle_zip(small_raw, small_raw.parent / KAGGLE_ZIP_NAME)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,8 +289,8 @@ def _jpeg(path: Path, value: int, size: int = 24) -> None:
 
 def _dicom(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    patient, rendered = synthetic.synthesize(0, 1, 48)
-    synthetic.write_dicom(synthetic.to_dicom(rendered.image, patient, 0.5), path)
+    patient, rendered = synthesize(0, 1, 48)
+    write_dicom(to_dicom(rendered.image, patient, 0.5), path)
 
 
 @pytest.fixture

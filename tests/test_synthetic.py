@@ -16,8 +16,11 @@ import pydicom
 import pytest
 from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
-from pneumo import synthetic
-from pneumo.sources import CLASS_INFO_CSV, LABELS_CSV, TRAIN_IMAGES
+from fixtures import KAGGLE_ZIP_NAME, global_features, global_stats_auroc, write_kaggle_zip
+from pneumo.rsna import CLASS_INFO_CSV, LABELS_CSV, TRAIN_IMAGES
+from pneumo.synthetic import generate
+from pneumo.synthetic.cohort import BOX_COUNT_P, CLASSES, patient_rng, sample_patient
+from pneumo.synthetic.render import render, synthesize
 
 SIZE = 128
 N = 40
@@ -27,7 +30,7 @@ SEED = 3
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "raw"
-    summary = synthetic.generate(out, N, image_size=SIZE, seed=SEED, workers=1)
+    summary = generate(out, N, image_size=SIZE, seed=SEED, workers=1)
     assert summary["n_patients"] == N
     return out
 
@@ -93,7 +96,7 @@ def test_decodes_like_the_drawing(raw: Path) -> None:
     ds = pydicom.dcmread(raw / TRAIN_IMAGES / f"{first}.dcm")
     pixels = ds.pixel_array
     assert pixels.dtype == np.uint8 and pixels.shape == (SIZE, SIZE)
-    patient, rendered = synthetic.synthesize(SEED, 0, SIZE)
+    patient, rendered = synthesize(SEED, 0, SIZE)
     assert patient.patient_id == first
     err = np.abs(pixels.astype(int) - rendered.image.astype(int))
     assert err.mean() < 3 and pixels.std() > 20  # JPEG at quality 92, of a real picture
@@ -110,7 +113,7 @@ def test_labels_schema(raw: Path) -> None:
     per_patient: dict[str, list[dict[str, str]]] = {}
     for row, cls in zip(labels, classes, strict=True):
         per_patient.setdefault(row["patientId"], []).append(row)
-        assert cls["class"] in synthetic.CLASSES
+        assert cls["class"] in CLASSES
         assert (row["Target"] == "1") == (cls["class"] == "Lung Opacity")
     assert len(per_patient) == N
     images = {p.stem for p in (raw / TRAIN_IMAGES).iterdir()}
@@ -132,9 +135,9 @@ def test_labels_schema(raw: Path) -> None:
 def test_boxes_lie_in_the_lungs_and_bound_the_opacity() -> None:
     size, seen = 192, 0
     for index in range(200):
-        rng = synthetic.patient_rng(11, index)
-        patient = synthetic.sample_patient(rng, index)
-        rendered = synthetic.render(patient, rng, size)
+        rng = patient_rng(11, index)
+        patient = sample_patient(rng, index)
+        rendered = render(patient, rng, size)
         op, lungs = rendered.opacity, rendered.lungs  # working grid == image (size < WORK_SIZE)
         if not patient.target:
             assert len(rendered.boxes) == 0 and not op.any()
@@ -159,10 +162,10 @@ def test_boxes_lie_in_the_lungs_and_bound_the_opacity() -> None:
 def test_box_sizes_in_rsna_range() -> None:
     widths, heights = [], []
     for index in range(400):
-        rng = synthetic.patient_rng(4, index)
-        patient = synthetic.sample_patient(rng, index)
+        rng = patient_rng(4, index)
+        patient = sample_patient(rng, index)
         if patient.target:
-            boxes = synthetic.render(patient, rng, 128).boxes * 1024 / 128
+            boxes = render(patient, rng, 128).boxes * 1024 / 128
             widths += list(boxes[:, 2])
             heights += list(boxes[:, 3])
     assert len(widths) > 80
@@ -172,14 +175,14 @@ def test_box_sizes_in_rsna_range() -> None:
 
 def test_deterministic_and_independent_of_workers(raw: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    synthetic.generate(again, N, image_size=SIZE, seed=SEED, workers=2)
+    generate(again, N, image_size=SIZE, seed=SEED, workers=2)
     assert digest(again) == digest(raw)
     other = tmp_path / "other"
-    synthetic.generate(other, 4, image_size=SIZE, seed=SEED + 1, workers=1)
+    generate(other, 4, image_size=SIZE, seed=SEED + 1, workers=1)
     assert not set(digest(other).values()) & set(digest(raw).values())
     # a prefix of the dataset is the smaller dataset: patient i depends on (seed, i) only
     prefix = tmp_path / "prefix"
-    synthetic.generate(prefix, 5, image_size=SIZE, seed=SEED, workers=1)
+    generate(prefix, 5, image_size=SIZE, seed=SEED, workers=1)
     images = {k: v for k, v in digest(prefix).items() if k.startswith(TRAIN_IMAGES)}
     assert len(images) == 5 and images.items() <= digest(raw).items()
 
@@ -190,25 +193,25 @@ def test_generate_replaces_output_and_cleans_up_on_error(
     out = tmp_path / "raw"
     out.mkdir()
     (out / "stale").write_text("x")
-    synthetic.generate(out, 2, image_size=64, seed=0, workers=1)
+    generate(out, 2, image_size=64, seed=0, workers=1)
     assert not (out / "stale").exists() and (out / LABELS_CSV).is_file()
     before = digest(out)
 
     def boom(*args: object) -> list[dict]:
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(synthetic, "_draw_all", boom)
+    monkeypatch.setattr("pneumo.synthetic.files._draw_all", boom)
     with pytest.raises(RuntimeError):
-        synthetic.generate(out, 2, image_size=64, seed=1, workers=1)
+        generate(out, 2, image_size=64, seed=1, workers=1)
     assert digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
     with pytest.raises(ValueError, match="n_patients"):
-        synthetic.generate(out, 0)
+        generate(out, 0)
 
 
 def test_proportions_like_rsna() -> None:
     """Metadata of 20,000 patients (no drawing): RSNA's mix within a point or two."""
-    patients = [synthetic.sample_patient(synthetic.patient_rng(9, i), i) for i in range(20000)]
+    patients = [sample_patient(patient_rng(9, i), i) for i in range(20000)]
     target = np.array([p.target for p in patients])
     ap = np.array([p.view == "AP" for p in patients])
     male = np.array([p.sex == "M" for p in patients])
@@ -229,15 +232,15 @@ def test_proportions_like_rsna() -> None:
     assert 20 <= (age > 120).sum() <= 30  # a handful of impossible ages to flag
     boxes = Counter(p.n_boxes for p in patients if p.target)
     n_pos = target.sum()
-    for k, expected in zip((1, 2, 3, 4), synthetic.BOX_COUNT_P, strict=True):
+    for k, expected in zip((1, 2, 3, 4), BOX_COUNT_P, strict=True):
         assert abs(boxes[k] / n_pos - expected) < 0.025
 
 
 def test_impossible_ages_in_a_small_dataset(raw: Path) -> None:
     """Patient 11 of every dataset has an impossible age: a few hundred patients have one."""
-    ages = [synthetic.sample_patient(synthetic.patient_rng(s, 11), 11).age for s in range(5)]
+    ages = [sample_patient(patient_rng(s, 11), 11).age for s in range(5)]
     assert all(a > 120 for a in ages)
-    patient = synthetic.sample_patient(synthetic.patient_rng(SEED, 11), 11)
+    patient = sample_patient(patient_rng(SEED, 11), 11)
     ds = pydicom.dcmread(raw / TRAIN_IMAGES / f"{patient.patient_id}.dcm", stop_before_pixels=True)
     assert int(ds[0x00101010].value) > 120
 
@@ -254,20 +257,20 @@ def test_global_statistics_do_not_give_the_answer() -> None:
     n, size = 500, 96
     feats, target, ap = [], [], []
     for index in range(n):
-        patient, rendered = synthetic.synthesize(21, index, size)
-        feats.append(synthetic.global_features(rendered.image))
+        patient, rendered = synthesize(21, index, size)
+        feats.append(global_features(rendered.image))
         target.append(patient.target)
         ap.append(int(patient.view == "AP"))
     x, y, view = np.stack(feats), np.array(target), np.array(ap)
     assert 0.15 < y.mean() < 0.3
-    assert synthetic.global_stats_auroc(x, y) <= 0.75
+    assert global_stats_auroc(x, y) <= 0.75
     assert 0.65 < roc_auc_score(y, view) < 0.78  # the confounder: RSNA's view alone gives 0.71
-    assert synthetic.global_stats_auroc(x, view) > 0.75  # AP films look different
+    assert global_stats_auroc(x, view) > 0.75  # AP films look different
 
 
 def test_write_kaggle_zip_is_deterministic(raw: Path, tmp_path: Path) -> None:
-    a = synthetic.write_kaggle_zip(raw, tmp_path / "a" / synthetic.KAGGLE_ZIP_NAME)
-    b = synthetic.write_kaggle_zip(raw, tmp_path / "b" / synthetic.KAGGLE_ZIP_NAME)
+    a = write_kaggle_zip(raw, tmp_path / "a" / KAGGLE_ZIP_NAME)
+    b = write_kaggle_zip(raw, tmp_path / "b" / KAGGLE_ZIP_NAME)
     with zipfile.ZipFile(a) as za, zipfile.ZipFile(b) as zb:
         assert za.namelist() == zb.namelist()
         assert all(za.read(n) == zb.read(n) for n in za.namelist())

@@ -26,12 +26,10 @@ import pandas as pd
 from pneumo.atomic import atomic_dir
 from pneumo.boxes import parse_boxes
 from pneumo.dicom import ImageMeta, read_meta
+from pneumo.rsna import CLASS_INFO_COLUMNS, CLASS_INFO_CSV, LABEL_COLUMNS, LABELS_CSV, TRAIN_IMAGES
 
 log = logging.getLogger(__name__)
 
-LABELS_CSV = "stage_2_train_labels.csv"
-CLASS_CSV = "stage_2_detailed_class_info.csv"
-IMAGES_DIR = "stage_2_train_images"
 IMAGE_FILE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 SPLITS = ("train", "val", "test")
 COLUMNS = [
@@ -71,9 +69,9 @@ class LabelError(ValueError):
 
 def read_labels(raw_dir: Path) -> pd.DataFrame:
     """Both label CSVs as one frame, one row per CSV row (with its `line`), validated."""
-    labels_path, class_path = Path(raw_dir) / LABELS_CSV, Path(raw_dir) / CLASS_CSV
-    labels = _read_csv(labels_path, ["patientId", *BOX_COLUMNS, "Target"])
-    classes = _read_csv(class_path, ["patientId", "class"])
+    labels_path, class_path = Path(raw_dir) / LABELS_CSV, Path(raw_dir) / CLASS_INFO_CSV
+    labels = _read_csv(labels_path, list(LABEL_COLUMNS))
+    classes = _read_csv(class_path, list(CLASS_INFO_COLUMNS))
     _check_aligned(labels, classes, labels_path, class_path)
 
     # line numbers as a text editor shows them (line 1 is the header) so errors can be looked up
@@ -216,7 +214,7 @@ def dedupe(labels: pd.DataFrame) -> pd.DataFrame:
     )
     for bad, file, what in [
         (agg["t_min"] != agg["target"], LABELS_CSV, "both Target 0 and Target 1 rows"),
-        (agg["n_class"] > 1, CLASS_CSV, "rows with different classes"),
+        (agg["n_class"] > 1, CLASS_INFO_CSV, "rows with different classes"),
         (agg["n_group"] > 1, LABELS_CSV, "rows with different groupIds"),
     ]:
         if bad.any():
@@ -248,7 +246,7 @@ def _number(v: float) -> int | float:
 
 def match_images(table: pd.DataFrame, raw_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """Add the `image` path (relative to raw_dir); return the names of images that have no label."""
-    images_dir = Path(raw_dir) / IMAGES_DIR
+    images_dir = Path(raw_dir) / TRAIN_IMAGES
     if not images_dir.is_dir():
         raise LabelError(f"{images_dir} not found (the download stage writes it)")
     by_stem: dict[str, str] = {}
@@ -277,7 +275,7 @@ def match_images(table: pd.DataFrame, raw_dir: Path) -> tuple[pd.DataFrame, list
     labelled = set(table["patientId"])
     unlabelled = sorted(name for stem, name in by_stem.items() if stem not in labelled)
     out = table.copy()
-    out["image"] = [f"{IMAGES_DIR}/{by_stem[pid]}" for pid in table["patientId"]]
+    out["image"] = [f"{TRAIN_IMAGES}/{by_stem[pid]}" for pid in table["patientId"]]
     return out, unlabelled
 
 
@@ -366,7 +364,7 @@ def build_table(
         log.warning(
             "%s image(s) in %s have no label and are not used: %s",
             f"{len(unlabelled):,}",
-            raw_dir / IMAGES_DIR,
+            raw_dir / TRAIN_IMAGES,
             _named(unlabelled),
         )
     meta, unreadable = read_headers([raw_dir / p for p in table["image"]], workers=workers)

@@ -30,16 +30,18 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from pneumo.atomic import atomic_dir
+from pneumo.rsna import (
+    CLASS_INFO_COLUMNS,
+    CLASS_INFO_CSV,
+    LABEL_COLUMNS,
+    LABELS_CSV,
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+)
 from pneumo.sniff import sniff_file
 
 log = logging.getLogger(__name__)
 
-TRAIN_IMAGES = "stage_2_train_images"
-TEST_IMAGES = "stage_2_test_images"
-LABELS_CSV = "stage_2_train_labels.csv"
-CLASS_INFO_CSV = "stage_2_detailed_class_info.csv"
-KAGGLE_ZIP_NAME = "rsna-pneumonia-detection-challenge.zip"
-LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 MAX_WARNINGS = 20  # per kind of skipped file; the count is always reported
 # Zip bombs: RSNA's archive is 3.9 GB of JPEG DICOMs stored at a ratio near 1, and CSVs that
 # deflate about 5-fold. A member larger than RATIO_FLOOR that expands more than MAX_RATIO-fold,
@@ -542,7 +544,7 @@ def import_folder(
         ):
             wl, wc = csv.writer(fl, lineterminator="\n"), csv.writer(fc, lineterminator="\n")
             wl.writerow([*LABEL_COLUMNS, "groupId"])
-            wc.writerow(["patientId", "class"])
+            wc.writerow(CLASS_INFO_COLUMNS)
             for item in items:
                 shutil.copyfile(item["path"], images / f"{item['id']}{item['suffix']}")
                 wl.writerow([item["id"], "", "", "", "", classes[item["class"]], item["group"]])
