@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pneumo.atomic import atomic_path
+from pneumo.bootstrap import mean_interval
 from pneumo.model import Exported, build_network, normalize, split_network
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ GROUP_TITLES = {
     "fn": "False negatives",
     "tn": "True negatives",
 }
-DEFAULT_DECISION_THRESHOLD = 0.5
 BASELINE_SIGMA = 0.25  # the centred Gaussian's sigma as a fraction of the image side
 PROB_TOLERANCE = 1e-3  # model vs predictions file; larger means the predictions are stale
 
@@ -270,23 +270,6 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(x @ y) / denom if denom > 0 else 0.0
 
 
-def bootstrap_ci(
-    values: Sequence[float] | np.ndarray, n: int, seed: int, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (NaN, NaN when there are none)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0 or n <= 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    step = max(1, 2_000_000 // v.size)  # bounds the index matrix for large test sets
-    for start in range(0, n, step):
-        m = min(step, n - start)
-        means[start : start + m] = v[rng.integers(0, v.size, size=(m, v.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
 # ----------------------------------------------------------------------------------------------
 # Overlays and the gallery
 
@@ -482,18 +465,6 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     return df
 
 
-def read_decision_threshold(path: Path) -> tuple[float, str]:
-    """The operating threshold from evaluate, or 0.5 when the file is absent (with the reason)."""
-    if not path.is_file():
-        return DEFAULT_DECISION_THRESHOLD, f"{path} not found: using {DEFAULT_DECISION_THRESHOLD}"
-    with path.open() as f:
-        data = json.load(f)
-    t = data.get("threshold") if isinstance(data, dict) else None
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 1:
-        raise ValueError(f"{path}: 'threshold' must be a number in [0, 1], got {t!r}")
-    return float(t), f"operating point from {path}"
-
-
 def random_network(arch: str, seed: int, last_stride: int = 2) -> nn.Module:
     """The architecture with seeded random weights, for the model-dependence sanity check."""
     with torch.random.fork_rng(devices=[]):
@@ -657,7 +628,7 @@ def summarize(
         for key in SCORE_KEYS:
             name = f"{prefix}.{key}"
             values = np.asarray(per_image.get(name, []), dtype=np.float64)
-            lo, hi = bootstrap_ci(values, bootstrap, seed)
+            lo, hi = mean_interval(values, bootstrap, seed)
             out[name] = _num(values.mean() if values.size else math.nan)
             out[f"{name}_lo"], out[f"{name}_hi"] = _num(lo), _num(hi)
     corr = np.asarray(per_image.get("random_corr", []), dtype=np.float64)
