@@ -12,8 +12,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pneumo.atomic import write_json
 from pneumo.cam.analysis import analyse, tune_map_thresholds
 from pneumo.cam.gallery import write_gallery
-from pneumo.cam.inputs import read_decision_threshold, read_predicted_split
+from pneumo.cam.inputs import read_predicted_split
 from pneumo.model import load_exported
+from pneumo.operating_point import operating_point_or_fallback
 from pneumo.params import load_or_exit
 
 MODEL = Path("data/model/model.pt")
@@ -40,12 +41,12 @@ def main() -> None:
     for prefix, t in tuned.items():
         print(f"{prefix} map threshold {t['threshold']} (val IoU {t['val_iou']:.4f})")
     test = read_predicted_split(PROCESSED, PREDICTIONS / "test.csv", "test")
-    threshold, source = read_decision_threshold(OPERATING_POINT)
-    print(f"decision threshold {threshold:.4f} ({source})")
+    op, note = operating_point_or_fallback(OPERATING_POINT)
+    print(note or f"decision threshold {op.threshold:.4f} from {op.source}")
     result = analyse(
         model,
         test,
-        decision_threshold=threshold,
+        decision_threshold=op.threshold,
         method=params.method,
         k=params.k,
         map_thresholds={prefix: t["threshold"] for prefix, t in tuned.items()},

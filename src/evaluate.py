@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pneumo.metrics import evaluate, read_predictions, write_evaluation
+from pneumo.eval_outputs import write_evaluation
+from pneumo.evaluation import evaluate, read_predictions
 from pneumo.params import load_or_exit
 
 PREDICTIONS = Path("data/predictions")

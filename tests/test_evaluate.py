@@ -14,13 +14,9 @@ from sklearn.metrics import roc_auc_score
 
 import infer
 from conftest import run_stage
-from pneumo.metrics import (
-    PREDICTION_COLUMNS,
-    EvaluationError,
-    evaluate,
-    read_predictions,
-    write_evaluation,
-)
+from pneumo.eval_checks import EvaluationError
+from pneumo.eval_outputs import write_evaluation
+from pneumo.evaluation import PREDICTION_COLUMNS, evaluate, read_predictions
 from pneumo.model import build_network, export_model, load_exported, predict_proba
 
 ROOT = Path(__file__).resolve().parents[1]

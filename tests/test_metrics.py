@@ -1,4 +1,5 @@
-"""pneumo.metrics against scikit-learn, hand computations and constructed cases."""
+"""The evaluation modules (scores, operating_point, bootstrap, subgroups, evaluation): known
+answers computed by hand, constructed cases, and scikit-learn where our own code remains."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from pneumo import metrics as M
-from pneumo.metrics import EvaluationError
+from pneumo import bootstrap, scores, subgroups
+from pneumo import operating_point as opp
+from pneumo.eval_checks import EvaluationError, check_thresholds, threshold_key
+from pneumo.eval_outputs import plot_data, round_floats
+from pneumo.evaluation import evaluate
 
 
 def _data(kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -30,71 +34,91 @@ def _data(kind: str) -> tuple[np.ndarray, np.ndarray]:
 KINDS = ["smooth", "ties", "extremes", "imbalanced"]
 
 
-# ----------------------------------------------------------------------------------------------
-# Threshold-free metrics vs scikit-learn
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_threshold_free_match_sklearn(kind):
-    y, p = _data(kind)
-    assert M.auroc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
-    assert M.average_precision(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-9)
-    assert M.brier_score(y, p) == pytest.approx(skm.brier_score_loss(y, p), abs=1e-9)
-    assert M.log_loss(y, p) == pytest.approx(skm.log_loss(y, p), abs=1e-9)
-    tf = M.threshold_free(y, p, n_bins=10)
-    assert tf["n"] == len(y) and tf["positives"] == y.sum()
-    assert tf["auroc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-9)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_roc_and_pr_curves_match_sklearn(kind):
-    y, p = _data(kind)
-    for drop in (False, True):
-        fpr, tpr, thr = M.roc_curve(y, p, drop_intermediate=drop)
-        sk_fpr, sk_tpr, sk_thr = skm.roc_curve(y, p, drop_intermediate=drop)
-        np.testing.assert_allclose(fpr, sk_fpr, atol=1e-12)
-        np.testing.assert_allclose(tpr, sk_tpr, atol=1e-12)
-        np.testing.assert_array_equal(thr, sk_thr)
-    precision, recall, thr = M.precision_recall_points(y, p)
-    sk_p, sk_r, sk_t = skm.precision_recall_curve(y, p)
-    # scikit-learn lists thresholds ascending and appends the (recall 0, precision 1) end point
-    np.testing.assert_allclose(precision, sk_p[:-1][::-1], atol=1e-12)
-    np.testing.assert_allclose(recall, sk_r[:-1][::-1], atol=1e-12)
-    np.testing.assert_array_equal(thr, sk_t[::-1])
+def _pairwise_auc(y, p):
+    """AUROC by its definition: the share of (positive, negative) pairs ranked right, ties 1/2."""
+    pos = [b for a, b in zip(y, p, strict=True) if a == 1]
+    neg = [b for a, b in zip(y, p, strict=True) if a == 0]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
 
 
 # ----------------------------------------------------------------------------------------------
-# Metrics at a threshold vs scikit-learn
+# Threshold-free scores: hand computations
+
+
+def test_threshold_free_by_hand():
+    y, p = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+    tf = scores.threshold_free(y, p, n_bins=2)
+    assert (tf["n"], tf["positives"], tf["prevalence"]) == (4, 2, 0.5)
+    assert tf["auroc"] == pytest.approx(3 / 4, abs=1e-15)  # 0.35 < 0.4 is the one wrong pair
+    # thresholds 0.8 (P 1, R 1/2), 0.4 (P 1/2, R 1/2), 0.35 (P 2/3, R 1): AP = 1/2 * 1 + 1/2 * 2/3
+    assert tf["auprc"] == pytest.approx(1 / 2 + 1 / 3, abs=1e-15)
+    assert tf["brier"] == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4, abs=1e-15)
+    hand = -np.mean(np.log([0.9, 0.6, 0.35, 0.8]))
+    assert tf["logloss"] == pytest.approx(hand, abs=1e-15)
+    # bins [0, .5): 0.1, 0.4, 0.35 (one positive), [.5, 1]: 0.8 (positive)
+    ece = 3 / 4 * abs((0.1 + 0.4 + 0.35) / 3 - 1 / 3) + 1 / 4 * abs(0.8 - 1)
+    assert tf["ece"] == pytest.approx(ece, abs=1e-15)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_auroc_counts_ties_as_half_and_log_loss_clips(kind):
+    y, p = _data(kind)
+    tf = scores.threshold_free(y, p)
+    assert tf["auroc"] == pytest.approx(_pairwise_auc(y, p), abs=1e-12)
+    # a probability of exactly 0 or 1 costs -log(eps), not infinity (float64 eps, as before)
+    q = np.clip(p, np.finfo(np.float64).eps, 1 - np.finfo(np.float64).eps)
+    hand = -np.mean(y * np.log(q) + (1 - y) * np.log1p(-q))
+    assert math.isfinite(tf["logloss"]) and tf["logloss"] == pytest.approx(hand, abs=1e-12)
+
+
+def test_plot_curves_by_hand():
+    """ROC corners from (0, 0) to (1, 1), thresholds finite; PR thresholds descending, with no
+    extra end point: the rows dvc.yaml draws."""
+    y, p = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
+    rows = plot_data({"val": (y, p), "test": (y, p)}, {"t050": 0.5}, calibration_bins=2)
+    roc = [(r["fpr"], r["tpr"], r["threshold"]) for r in rows["roc_val.csv"]]
+    assert roc == [(0, 0, 1.0), (0, 0.5, 0.8), (0.5, 0.5, 0.4), (0.5, 1, 0.35), (1, 1, 0.1)]
+    pr = [(r["recall"], r["precision"], r["threshold"]) for r in rows["pr_val.csv"]]
+    assert pr == [(0.5, 1, 0.8), (0.5, 0.5, 0.4), (1, round_floats(2 / 3), 0.35), (1, 0.5, 0.1)]
+    cal = [(r["mean_prob"], r["frac_pos"], r["n"]) for r in rows["calibration_val.csv"]]
+    assert cal == [(round_floats(0.85 / 3), round_floats(1 / 3), 3), (0.8, 1, 1)]
+    assert [r["predicted"] for r in rows["confusion/t050.json"]] == ["negative"] * 3 + ["positive"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics at a threshold
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("t", [0.0, 0.25, 0.5, 0.6, 1.0])
-def test_threshold_metrics_match_sklearn(kind, t):
+def test_threshold_metrics_by_counting(kind, t):
     y, p = _data(kind)
     pred = (p >= t).astype(int)
-    m = M.threshold_metrics(y, p, t)
-    tn, fp, fn, tp = skm.confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    m = scores.threshold_metrics(y, p, t)
+    tp, fp = int(np.sum(pred & y)), int(np.sum(pred & (1 - y)))
+    fn, tn = int(np.sum((1 - pred) & y)), int(np.sum((1 - pred) & (1 - y)))
     assert (m["tp"], m["fp"], m["tn"], m["fn"]) == (tp, fp, tn, fn)
     assert m["threshold"] == t
-    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-9)
-    assert m["recall"] == pytest.approx(skm.recall_score(y, pred), abs=1e-9)
-    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, zero_division=0.0), abs=1e-9)
-    assert m["specificity"] == pytest.approx(tn / (tn + fp), abs=1e-9)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred), abs=1e-12)
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred, zero_division=0.0), abs=1e-12)
+    assert m["specificity"] == pytest.approx(tn / (tn + fp), abs=1e-12)
     if tp + fp:
-        assert m["precision"] == pytest.approx(skm.precision_score(y, pred), abs=1e-9)
+        assert m["precision"] == pytest.approx(skm.precision_score(y, pred), abs=1e-12)
     else:  # nothing predicted positive: precision undefined, reported as None, not NaN
         assert m["precision"] is None
     if tn + fn:
-        assert m["npv"] == pytest.approx(tn / (tn + fn), abs=1e-9)
+        assert m["npv"] == pytest.approx(tn / (tn + fn), abs=1e-12)
     else:
         assert m["npv"] is None
 
 
 def test_undefined_ratios_are_none_not_nan():
-    m = M.threshold_metrics([1, 1, 1], [0.2, 0.3, 0.9], 0.5)  # no negatives at all
+    m = scores.threshold_metrics([1, 1, 1], [0.2, 0.3, 0.9], 0.5)  # no negatives at all
     assert m["specificity"] is None and m["recall"] == pytest.approx(1 / 3)
     assert m["npv"] == 0.0  # two predicted negatives, both wrong
-    m = M.threshold_metrics([0, 1], [0.1, 0.2], 0.5)  # nothing predicted positive
+    m = scores.threshold_metrics([0, 1], [0.1, 0.2], 0.5)  # nothing predicted positive
     assert m["precision"] is None and m["f1"] == 0.0 and m["recall"] == 0.0
     json.dumps(m, allow_nan=False)
 
@@ -109,25 +133,35 @@ def test_ece_by_hand():
     # 10 bins: [0,.1): {0.05}; [.1,.2): {0.15, 0.12}; [.5,.6): {0.55, 0.58}; [.9,1]: {0.95, 1.0}
     bins = [([0.05], [0]), ([0.15, 0.12], [1, 0]), ([0.55, 0.58], [1, 1]), ([0.95, 1.0], [1, 0])]
     hand = sum(len(pb) / 7 * abs(np.mean(pb) - np.mean(yb)) for pb, yb in bins)
-    assert M.expected_calibration_error(y, p, n_bins=10) == pytest.approx(hand, abs=1e-12)
-    t = M.calibration_table(y, p, n_bins=10)
+    assert scores.expected_calibration_error(y, p, n_bins=10) == pytest.approx(hand, abs=1e-12)
+    t = scores.calibration_table(y, p, n_bins=10)
     assert t["count"].tolist() == [1, 2, 0, 0, 0, 2, 0, 0, 0, 2]
     assert t["frac_pos"][9] == 0.5 and t["mean_prob"][9] == pytest.approx(0.975)
     # two bins: [0, .5) and [.5, 1]
     hand2 = 3 / 7 * abs(np.mean([0.05, 0.15, 0.12]) - 1 / 3) + 4 / 7 * abs(
         np.mean([0.55, 0.95, 1.0, 0.58]) - 3 / 4
     )
-    assert M.expected_calibration_error(y, p, n_bins=2) == pytest.approx(hand2, abs=1e-12)
+    assert scores.expected_calibration_error(y, p, n_bins=2) == pytest.approx(hand2, abs=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["smooth", "imbalanced"])
 def test_calibration_table_matches_sklearn(kind):
     y, p = _data(kind)
-    t = M.calibration_table(y, p, n_bins=10)
+    t = scores.calibration_table(y, p, n_bins=10)
     frac, mean = calibration_curve(y, p, n_bins=10, strategy="uniform")
     used = t["count"] > 0
     np.testing.assert_allclose(t["frac_pos"][used], frac, atol=1e-12)
     np.testing.assert_allclose(t["mean_prob"][used], mean, atol=1e-12)
+
+
+def test_calibration_edge_goes_to_the_bin_above():
+    """Why the bins are our own: tied scores on an inner edge (0.3 of scores rounded to 0.1) fall
+    in [0.3, 0.4) here, as documented, and in scikit-learn's bin below."""
+    y, p = np.array([0, 1, 1, 0]), np.array([0.3, 0.3, 0.7, 0.1])
+    t = scores.calibration_table(y, p, n_bins=10)
+    assert t["count"].tolist() == [0, 1, 0, 2, 0, 0, 0, 1, 0, 0]
+    _, sk_mean = calibration_curve(y, p, n_bins=10)
+    assert len(sk_mean) == 3 and t["lo"][3] == 0.3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,40 +185,33 @@ P_ROC = np.r_[POS, NEG]
     ],
 )
 def test_threshold_for_sensitivity_on_constructed_roc(target, expected):
-    t = M.threshold_for_sensitivity(Y_ROC, P_ROC, target)
+    t = opp.threshold_for_sensitivity(Y_ROC, P_ROC, target)
     assert t == expected
-    assert M.threshold_metrics(Y_ROC, P_ROC, t)["recall"] >= target - 1e-12
+    assert scores.threshold_metrics(Y_ROC, P_ROC, t)["recall"] >= target - 1e-12
 
 
 def test_youden_on_constructed_roc_and_ties():
     # J: 0.75 -> .5, 0.65 -> .6, 0.6 -> .8 - .1 = .7 (the maximum), 0.3 -> .9 - .5 = .4
-    assert M.youden_threshold(Y_ROC, P_ROC) == 0.6
+    assert opp.youden_threshold(Y_ROC, P_ROC) == 0.6
     fpr, tpr, thr = skm.roc_curve(Y_ROC, P_ROC, drop_intermediate=False)
     assert thr[np.argmax(tpr - fpr)] == 0.6
     # J = 0.5 at both 0.9 and 0.8: the higher threshold wins
-    assert M.youden_threshold([1, 1, 0, 0], [0.9, 0.8, 0.85, 0.1]) == 0.9
+    assert opp.youden_threshold([1, 1, 0, 0], [0.9, 0.8, 0.85, 0.1]) == 0.9
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_sensitivity_threshold_is_the_highest_that_qualifies(kind):
     y, p = _data(kind)
     for target in (0.5, 0.8, 0.9, 0.95):
-        t = M.threshold_for_sensitivity(y, p, target)
-        assert M.threshold_metrics(y, p, t)["recall"] >= target
+        t = opp.threshold_for_sensitivity(y, p, target)
+        assert scores.threshold_metrics(y, p, t)["recall"] >= target
         higher = np.unique(p[p > t])
         if len(higher):  # the next distinct score up already misses the target
-            assert M.threshold_metrics(y, p, higher[0])["recall"] < target
+            assert scores.threshold_metrics(y, p, higher[0])["recall"] < target
 
 
 # ----------------------------------------------------------------------------------------------
 # Bootstrap against a hand computation
-
-
-def _pairwise_auc(y, p):
-    pos = [b for a, b in zip(y, p, strict=True) if a == 1]
-    neg = [b for a, b in zip(y, p, strict=True) if a == 0]
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
-    return wins / (len(pos) * len(neg))
 
 
 def _percentile(values, q):
@@ -211,7 +238,7 @@ def test_bootstrap_by_hand():
         sens.append(tp / sum(yb))
         spec.append(tn / (len(yb) - sum(yb)))
     assert skipped > 0  # this seed draws one-class resamples: the skip path is exercised
-    ci = M.bootstrap_ci(y, p, {"t035": t}, n_resamples=n_res, seed=seed)
+    ci = bootstrap.auroc_sens_spec_intervals(y, p, {"t035": t}, n_resamples=n_res, seed=seed)
     assert ci["skipped"] == skipped and ci["n_resamples"] == n_res
     for name, vals in (("auroc", aucs), ("t035.recall", sens), ("t035.specificity", spec)):
         expected = (_percentile(vals, 2.5), _percentile(vals, 97.5))
@@ -220,13 +247,69 @@ def test_bootstrap_by_hand():
 
 def test_bootstrap_is_seeded_and_covers_the_estimate():
     y, p = _data("smooth")
-    a = M.bootstrap_ci(y, p, {"t050": 0.5}, n_resamples=300, seed=1)
-    assert a == M.bootstrap_ci(y, p, {"t050": 0.5}, n_resamples=300, seed=1)
-    assert a != M.bootstrap_ci(y, p, {"t050": 0.5}, n_resamples=300, seed=2)
+    a = bootstrap.auroc_sens_spec_intervals(y, p, {"t050": 0.5}, n_resamples=300, seed=1)
+    assert a == bootstrap.auroc_sens_spec_intervals(y, p, {"t050": 0.5}, n_resamples=300, seed=1)
+    assert a != bootstrap.auroc_sens_spec_intervals(y, p, {"t050": 0.5}, n_resamples=300, seed=2)
     lo, hi = a["auroc"]
-    assert lo < M.auroc(y, p) < hi
-    none = M.bootstrap_ci(y, p, {"t050": 0.5}, n_resamples=0)
+    assert lo < skm.roc_auc_score(y, p) < hi
+    none = bootstrap.auroc_sens_spec_intervals(y, p, {"t050": 0.5}, n_resamples=0)
     assert none["auroc"] == (None, None) and none["skipped"] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_auroc_equals_sklearn_row_by_row(kind):
+    y, p = _data(kind)
+    idx = bootstrap.resample_indices(20, len(y), seed=0)
+    got = bootstrap.batched_auroc(y[idx], p[idx])
+    expected = [skm.roc_auc_score(y[row], p[row]) for row in idx]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_mean_interval_brackets_the_mean_and_is_seeded():
+    rng = np.random.default_rng(1)
+    values = rng.random(200)
+    lo, hi = bootstrap.mean_interval(values, 500, seed=3)
+    assert lo < values.mean() < hi
+    # the interval of a mean of 200 uniforms is about +-1.96 * 0.289 / sqrt(200) = +-0.04
+    assert 0.06 < hi - lo < 0.1
+    assert bootstrap.mean_interval(values, 500, seed=3) == (lo, hi)
+    assert bootstrap.mean_interval(values, 500, seed=4) != (lo, hi)
+    assert bootstrap.mean_interval([0.5, 0.5, 0.5], 100, seed=0) == (0.5, 0.5)
+    assert all(math.isnan(v) for v in bootstrap.mean_interval([], 100, seed=0))
+
+
+# ----------------------------------------------------------------------------------------------
+# The operating point file
+
+
+def test_operating_point_file_round_trip_and_fallback(tmp_path):
+    spread = {"threshold_lo": 0.2, "threshold_hi": 0.4}
+    record = opp.operating_point_record(0.3, 0.9, spread, 12, 0.35)
+    path = tmp_path / "op.json"
+    path.write_text(json.dumps(record))
+    assert opp.read_operating_point(path) == opp.OperatingPoint(
+        0.3, f"{path}, target sensitivity 0.9"
+    )
+    op, note = opp.operating_point_or_fallback(path)
+    assert op.threshold == 0.3 and note is None
+    op, note = opp.operating_point_or_fallback(tmp_path / "absent.json")
+    assert op.threshold == opp.FALLBACK_THRESHOLD == 0.5
+    assert "absent.json not found" in note and "dvc repro evaluate" in note
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('{"threshold": "high"}', r"op\.json: threshold must be a number in \[0, 1\], got 'high'"),
+        ('{"threshold": true}', "got True"),
+        ("[0.5]", "expected a JSON object"),
+        ("{", "cannot read the operating point"),
+    ],
+)
+def test_bad_operating_point_files_are_named(tmp_path, text, match):
+    (tmp_path / "op.json").write_text(text)
+    with pytest.raises(opp.OperatingPointError, match=match):
+        opp.read_operating_point(tmp_path / "op.json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,45 +317,45 @@ def test_bootstrap_is_seeded_and_covers_the_estimate():
 
 
 def test_threshold_keys():
-    assert M.threshold_key(0.5) == "t050"
-    assert M.threshold_key(0.25) == "t025"
-    assert M.threshold_key(0.125) == "t0125"
-    assert M.threshold_key(0.05) == "t005"
-    assert M.threshold_key(1.0) == "t100"
-    assert M.threshold_key(0) == "t000"
-    assert M.threshold_key(1e-5) == "t000001"
+    assert threshold_key(0.5) == "t050"
+    assert threshold_key(0.25) == "t025"
+    assert threshold_key(0.125) == "t0125"
+    assert threshold_key(0.05) == "t005"
+    assert threshold_key(1.0) == "t100"
+    assert threshold_key(0) == "t000"
+    assert threshold_key(1e-5) == "t000001"
     grid = np.unique(np.r_[np.round(np.linspace(0, 1, 1001), 3), 0.1 + 0.2, 1 / 3])
-    keys = [M.threshold_key(float(t)) for t in grid]
+    keys = [threshold_key(float(t)) for t in grid]
     assert len(set(keys)) == len(keys)
 
 
 @pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), "0.5", True, None])
 def test_bad_thresholds_are_named(bad):
     with pytest.raises(EvaluationError, match=r"evaluate\.thresholds\[1\]"):
-        M.check_thresholds([0.5, bad], "evaluate.thresholds")
+        check_thresholds([0.5, bad], "evaluate.thresholds")
 
 
 def test_duplicate_threshold_is_an_error():
     with pytest.raises(EvaluationError, match="twice"):
-        M.check_thresholds([0.5, 0.25, 0.50], "evaluate.thresholds")
+        check_thresholds([0.5, 0.25, 0.50], "evaluate.thresholds")
 
 
 def test_bad_inputs_name_the_row():
     with pytest.raises(EvaluationError, match=r"row 2: prob nan"):
-        M.auroc([0, 1, 0], [0.1, 0.2, np.nan])
+        scores.threshold_free([0, 1, 0], [0.1, 0.2, np.nan])
     with pytest.raises(EvaluationError, match=r"row 1: prob 1.2"):
-        M.brier_score([0, 1], [0.1, 1.2])
+        scores.threshold_metrics([0, 1], [0.1, 1.2], 0.5)
     with pytest.raises(EvaluationError, match=r"row 0: target 2"):
-        M.brier_score([2, 1], [0.1, 0.2])
+        scores.calibration_table([2, 1], [0.1, 0.2])
     with pytest.raises(EvaluationError, match="all 3 cases are negative"):
-        M.auroc([0, 0, 0], [0.1, 0.2, 0.3])
+        scores.threshold_free([0, 0, 0], [0.1, 0.2, 0.3])
 
 
 def test_age_bands():
     edges = [0, 40, 60, 120]
-    assert M.age_band_labels(edges) == ["0-39", "40-59", "60-120"]
+    assert subgroups.age_band_labels(edges) == ["0-39", "40-59", "60-120"]
     ages = ["0", "39", "40", "59", "60", "120", "121", "155", "", "-1", "abc", None, 61.0]
-    got = M.assign_age_bands(ages, edges).tolist()
+    got = subgroups.assign_age_bands(ages, edges).tolist()
     assert got == [
         "0-39",
         "0-39",
@@ -288,16 +371,16 @@ def test_age_bands():
         "unknown",
         "60-120",
     ]
-    assert M.age_band_labels([18, 19, 65]) == ["18", "19-65"]
+    assert subgroups.age_band_labels([18, 19, 65]) == ["18", "19-65"]
     with pytest.raises(EvaluationError, match="increasing"):
-        M.assign_age_bands([1], [0, 60, 40])
+        subgroups.assign_age_bands([1], [0, 60, 40])
 
 
 def test_subgroups_one_class_empty_and_unknown():
     y = np.array([1, 0, 1, 0, 1, 1, 0])
     p = np.array([0.9, 0.2, 0.6, 0.7, 0.8, 0.4, 0.1])
-    labels = M.subgroup_labels(["AP", "AP", "AP", "AP", "PA", "PA", None])
-    groups = M.subgroup_metrics(y, p, labels, {"t050": 0.5}, levels=("PA", "AP", "LL"))
+    labels = subgroups.subgroup_labels(["AP", "AP", "AP", "AP", "PA", "PA", None])
+    groups = subgroups.subgroup_metrics(y, p, labels, {"t050": 0.5}, levels=("PA", "AP", "LL"))
     assert list(groups) == ["PA", "AP", "LL", "unknown"]
     ap = groups["AP"]
     assert ap["n"] == 4 and ap["positives"] == 2 and ap["prevalence"] == 0.5
@@ -334,7 +417,7 @@ def test_operating_point_interval_against_sklearn():
     sklearn's recall: the same percentile intervals."""
     yv, pv = _data("smooth")
     yt, pt = _data("ties")
-    got = M.operating_point_interval((yv, pv), (yt, pt), 0.8, n_resamples=300, seed=3)
+    got = bootstrap.operating_point_interval((yv, pv), (yt, pt), 0.8, n_resamples=300, seed=3)
     idx = np.random.default_rng(3).integers(0, len(yv), size=(300, len(yv)))
     thr, sens, spec = [], [], []
     for row in idx:
@@ -360,19 +443,19 @@ def test_evaluate_layout_and_op_point():
     rng = np.random.default_rng(0)
     yv, pv = _data("smooth")
     yt, pt = _data("ties")
-    ev = M.evaluate(
+    ev = evaluate(
         _frame(yv, pv, rng), _frame(yt, pt, rng), thresholds=[0.5, 0.25, 0.125], bootstrap=200
     )
     op = ev.operating_point
-    spread = M.operating_point_interval((yv, pv), (yt, pt), 0.9, 200, 0)
+    spread = bootstrap.operating_point_interval((yv, pv), (yt, pt), 0.9, 200, 0)
     assert op == {
-        "threshold": M.threshold_for_sensitivity(yv, pv, 0.9),
+        "threshold": opp.threshold_for_sensitivity(yv, pv, 0.9),
         "target_sensitivity": 0.9,
         "method": "target_sensitivity",
         "threshold_lo": spread["threshold_lo"],
         "threshold_hi": spread["threshold_hi"],
         "n_val_positives": int(yv.sum()),
-        "youden_threshold": M.youden_threshold(yv, pv),
+        "youden_threshold": opp.youden_threshold(yv, pv),
     }
     assert op["threshold_lo"] <= op["threshold"] <= op["threshold_hi"]
     test = ev.metrics["test"]
@@ -383,7 +466,7 @@ def test_evaluate_layout_and_op_point():
         assert {"recall", "recall_lo", "recall_hi", "specificity_lo", "tp", "npv"} <= set(block)
         assert block["recall_lo"] <= block["recall"] <= block["recall_hi"]
     # the val operating point is applied unchanged to test
-    assert test["op"]["tp"] == M.confusion_counts(yt, pt, op["threshold"])["tp"]
+    assert test["op"]["tp"] == scores.confusion_counts(yt, pt, op["threshold"])["tp"]
     assert ev.metrics["val"]["op"]["recall"] >= 0.9
     assert set(test["view"]) == {"PA", "AP", "unknown"}
     assert set(test["age"]) == {"0-39", "40-59", "60-120", "unknown"}
@@ -412,20 +495,20 @@ def test_evaluate_bad_params(kwargs, match):
     rng = np.random.default_rng(0)
     y, p = _data("smooth")
     with pytest.raises(EvaluationError, match=match):
-        M.evaluate(_frame(y, p, rng), _frame(y, p, rng), **kwargs)
+        evaluate(_frame(y, p, rng), _frame(y, p, rng), **kwargs)
 
 
 def test_evaluate_one_class_split_is_a_clear_error():
     rng = np.random.default_rng(0)
     y, p = _data("smooth")
     with pytest.raises(EvaluationError, match=r"test predictions: all 300 cases are negative"):
-        M.evaluate(_frame(y, p, rng), _frame(np.zeros_like(y), p, rng), bootstrap=10)
+        evaluate(_frame(y, p, rng), _frame(np.zeros_like(y), p, rng), bootstrap=10)
 
 
 def test_round_floats():
-    assert M.round_floats({"a": [np.float64(0.123456789), 3], "b": None}) == {
+    assert round_floats({"a": [np.float64(0.123456789), 3], "b": None}) == {
         "a": [0.123457, 3],
         "b": None,
     }
     with pytest.raises(EvaluationError, match="non-finite"):
-        M.round_floats(float("nan"))
+        round_floats(float("nan"))

@@ -7,16 +7,19 @@ predict command and the service report as a usage error.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pneumo.model import Exported, load_exported
+from pneumo.operating_point import (
+    OperatingPoint,
+    OperatingPointError,
+    check_threshold,
+    operating_point_or_fallback,
+)
 
 DEFAULT_MODEL = Path("data/model/model.pt")
 DEFAULT_OPERATING_POINT = Path("data/operating_point.json")
-DEFAULT_THRESHOLD = 0.5
 ID_CHARS = 12  # hex digits of the model file's sha256 that identify it
 
 
@@ -48,20 +51,6 @@ def load_model(path: Path) -> Exported:
         raise UsageError(f"cannot load the model {path}: {type(e).__name__}: {e}") from None
 
 
-@dataclass(frozen=True)
-class OperatingPoint:
-    """The decision threshold and where it came from (reported with every prediction)."""
-
-    threshold: float
-    source: str
-
-
-def _check_threshold(value: object, where: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise UsageError(f"{where}: threshold must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
 def resolve_operating_point(
     threshold: float | None,
     path: Path | None,
@@ -72,25 +61,11 @@ def resolve_operating_point(
     An explicit ``threshold`` wins; else ``path`` (which must exist when given); else
     ``default_path`` when it exists; else 0.5, with a note saying so.
     """
-    if threshold is not None:
-        return OperatingPoint(_check_threshold(threshold, "--threshold"), "--threshold"), None
-    file = Path(path) if path is not None else Path(default_path)
-    if not file.is_file():
-        if path is not None:
-            raise UsageError(f"operating point file {file} not found")
-        note = (
-            f"no operating point ({file} not found: run `dvc repro evaluate` or `dvc pull`); "
-            f"deciding at {DEFAULT_THRESHOLD}"
-        )
-        return OperatingPoint(DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD}"), note
     try:
-        with file.open() as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read the operating point {file}: {e}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{file}: expected a JSON object with a 'threshold'")
-    t = _check_threshold(data.get("threshold"), str(file))
-    target = data.get("target_sensitivity")
-    how = f", target sensitivity {target}" if isinstance(target, (int, float)) else ""
-    return OperatingPoint(t, f"{file}{how}"), None
+        if threshold is not None:
+            return OperatingPoint(check_threshold(threshold, "--threshold"), "--threshold"), None
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"operating point file {path} not found")
+        return operating_point_or_fallback(Path(path if path is not None else default_path))
+    except OperatingPointError as e:
+        raise UsageError(str(e)) from None

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 
 from pneumo.cam.maps import METHODS, compute_maps
-from pneumo.deployment import OperatingPoint, model_identity
+from pneumo.deployment import model_identity
 from pneumo.dicom import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageReadError
 from pneumo.imaging import SquareImage, load_square
 from pneumo.model import Exported, normalize, predict_proba
+from pneumo.operating_point import OperatingPoint
 from pneumo.results import (
     CAM_ALPHA,
     Failure,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pneumo.deployment import OperatingPoint
+from pneumo.operating_point import OperatingPoint
 
 # the reference pipelines' thresholds, reported beside the operating point
 REPORT_THRESHOLDS = (0.5, 0.25)

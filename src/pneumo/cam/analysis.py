@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumo.bootstrap import mean_interval
 from pneumo.cam.gallery import select_cases
 from pneumo.cam.inputs import CamInputs
 from pneumo.cam.localization import SCORE_KEYS, gaussian_map, iou_dice, pearson, score_map
@@ -162,23 +163,6 @@ def _check_probs(probs: np.ndarray, test: CamInputs, idx: list[int]) -> None:
         )
 
 
-def bootstrap_ci(
-    values: Sequence[float] | np.ndarray, n: int, seed: int, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (NaN, NaN when there are none)."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0 or n <= 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(n)
-    step = max(1, 2_000_000 // v.size)  # bounds the index matrix for large test sets
-    for start in range(0, n, step):
-        m = min(step, n - start)
-        means[start : start + m] = v[rng.integers(0, v.size, size=(m, v.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
 def summarize(
     per_image: dict[str, list[float]], n_images: int, *, bootstrap: int, seed: int
 ) -> dict[str, float | int | None]:
@@ -188,7 +172,7 @@ def summarize(
         for key in SCORE_KEYS:
             name = f"{prefix}.{key}"
             values = np.asarray(per_image.get(name, []), dtype=np.float64)
-            lo, hi = bootstrap_ci(values, bootstrap, seed)
+            lo, hi = mean_interval(values, bootstrap, seed)
             out[name] = _num(values.mean() if values.size else math.nan)
             out[f"{name}_lo"], out[f"{name}_hi"] = _num(lo), _num(hi)
     corr = np.asarray(per_image.get("random_corr", []), dtype=np.float64)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,8 +12,6 @@ from pneumo.boxes import parse_boxes
 
 if TYPE_CHECKING:
     import pandas as pd
-
-DEFAULT_DECISION_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -70,15 +67,3 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
     return df
-
-
-def read_decision_threshold(path: Path) -> tuple[float, str]:
-    """The operating threshold from evaluate, or 0.5 when the file is absent (with the reason)."""
-    if not path.is_file():
-        return DEFAULT_DECISION_THRESHOLD, f"{path} not found: using {DEFAULT_DECISION_THRESHOLD}"
-    with path.open() as f:
-        data = json.load(f)
-    t = data.get("threshold") if isinstance(data, dict) else None
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 1:
-        raise ValueError(f"{path}: 'threshold' must be a number in [0, 1], got {t!r}")
-    return float(t), f"operating point from {path}"

@@ -1,0 +1,146 @@
+"""The evaluate stage's work: read the stored predictions, choose the operating points on
+validation, and score both splits (with intervals) and the subgroups of test.
+
+Conventions: ``pneumo.eval_checks``; the scores themselves live in ``scores``, ``bootstrap``,
+``operating_point`` and ``subgroups``, and the written form in ``eval_outputs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pneumo.bootstrap import auroc_sens_spec_intervals, operating_point_interval
+from pneumo.eval_checks import (
+    EvaluationError,
+    check_binary,
+    check_thresholds,
+    require_both_classes,
+    threshold_key,
+)
+from pneumo.eval_outputs import Evaluation, plot_data, round_floats
+from pneumo.operating_point import (
+    operating_point_record,
+    threshold_for_sensitivity,
+    youden_threshold,
+)
+from pneumo.scores import threshold_free, threshold_metrics
+from pneumo.subgroups import subgroups_by_attribute
+
+PREDICTION_COLUMNS = ("patientId", "target", "prob", "view", "sex", "age")
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """One predictions CSV, validated; an error names the file, the line and the patientId."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"{path} not found (run `dvc repro infer`)")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise EvaluationError(f"{path}: missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise EvaluationError(f"{path}: no rows")
+    target = pd.to_numeric(df["target"], errors="coerce")
+    prob = pd.to_numeric(df["prob"], errors="coerce")
+    for column, bad, want in (
+        ("target", ~target.isin((0, 1)), "0 or 1"),
+        ("prob", ~((prob >= 0) & (prob <= 1)), "a probability in [0, 1]"),  # NaN is bad too
+    ):
+        if bad.any():
+            i = int(np.argmax(bad.to_numpy()))
+            raise EvaluationError(
+                f"{path}: line {i + 2} (patientId {df['patientId'].iat[i]}): "
+                f"{column} {df[column].iat[i]!r} is not {want}"
+            )
+    return df.assign(target=target.astype(np.int64), prob=prob.astype(np.float64))
+
+
+def evaluate(
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    *,
+    thresholds: Sequence[float] = (0.5, 0.25),
+    target_sensitivity: float = 0.9,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    calibration_bins: int = 10,
+    age_bands: Sequence[int] = (0, 40, 60, 120),
+) -> Evaluation:
+    """Choose the operating points on ``val``, report both splits, subgroups of test, plot data.
+
+    ``val`` and ``test`` have the prediction columns (``PREDICTION_COLUMNS``). Bad params raise an
+    EvaluationError naming the ``evaluate.*`` key.
+    """
+    fixed = _check_params(thresholds, target_sensitivity, bootstrap, calibration_bins, age_bands)
+    arrays = {}
+    for name, df in (("val", val), ("test", test)):
+        y, p = check_binary(df["target"].to_numpy(), df["prob"].to_numpy(), f"{name} predictions")
+        require_both_classes(y, f"{name} predictions")
+        arrays[name] = (y, p)
+    op = threshold_for_sensitivity(*arrays["val"], target_sensitivity)
+    youden = youden_threshold(*arrays["val"])
+    decisions = {**fixed, "op": op, "youden": youden}
+    metrics: dict[str, Any] = {}
+    for name, (y, p) in arrays.items():
+        metrics[name] = _split_metrics(y, p, decisions, bootstrap, seed, calibration_bins)
+        metrics[name]["op"]["target"] = target_sensitivity
+    spread = operating_point_interval(
+        arrays["val"], arrays["test"], target_sensitivity, bootstrap, seed
+    )
+    metrics["test"]["op"].update(spread)
+    metrics["test"].update(subgroups_by_attribute(test, decisions, age_bands))
+    n_val_positives = int(arrays["val"][0].sum())
+    operating_point = operating_point_record(
+        op, target_sensitivity, spread, n_val_positives, youden
+    )
+    plots = plot_data(arrays, decisions, calibration_bins)
+    return Evaluation(round_floats(metrics), operating_point, plots)
+
+
+def _check_params(
+    thresholds: Sequence[float],
+    target_sensitivity: float,
+    bootstrap: int,
+    calibration_bins: int,
+    edges: Sequence[int],
+) -> dict[str, float]:
+    fixed = check_thresholds(thresholds, "evaluate.thresholds")
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise EvaluationError(
+            f"evaluate.target_sensitivity={target_sensitivity!r} must be in (0, 1]"
+        )
+    if bootstrap < 0:
+        raise EvaluationError(f"evaluate.bootstrap={bootstrap!r} must be >= 0 (0 = no intervals)")
+    if calibration_bins < 1:
+        raise EvaluationError(f"evaluate.calibration_bins={calibration_bins!r} must be >= 1")
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=False)):
+        raise EvaluationError(f"evaluate.age_bands={list(edges)} must be increasing, >= 2 edges")
+    return {threshold_key(t): t for t in fixed}
+
+
+def _split_metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    decisions: Mapping[str, float],
+    bootstrap: int,
+    seed: int,
+    calibration_bins: int,
+) -> dict[str, Any]:
+    ci = auroc_sens_spec_intervals(y, p, decisions, n_resamples=bootstrap, seed=seed)
+    out: dict[str, Any] = {}
+    for name, value in threshold_free(y, p, calibration_bins).items():
+        out[name] = value
+        if name == "auroc":  # each interval right after its estimate, for a human reading
+            out["auroc_lo"], out["auroc_hi"] = ci["auroc"]
+    out["boot_skipped"] = ci["skipped"]  # resamples with one class, left out of every interval
+    for key, t in decisions.items():
+        block = threshold_metrics(y, p, t)
+        for stat in ("recall", "specificity"):
+            block[f"{stat}_lo"], block[f"{stat}_hi"] = ci[f"{key}.{stat}"]
+        out[key] = block
+    return out
