@@ -127,6 +127,16 @@ def test_repro_runs_every_stage_then_nothing(repo: Path) -> None:
     commit(repo, "reproduce the tiny profile")
 
 
+def test_the_model_is_a_registry_artifact(repo: Path, tmp_path: Path) -> None:
+    """dvc.yaml's `artifacts:` entry: a release tag in DVC's registry form gets the model file."""
+    run(repo, "git", "tag", "-a", "pneumonia-resnet18@v0.1.0", "-m", "registered")
+    out = tmp_path / "model.pt"
+    dvc(
+        repo, "artifacts", "get", str(repo), "pneumonia-resnet18", "--rev", "v0.1.0", "-o", str(out)
+    )
+    assert out.read_bytes() == (repo / "data" / "model" / "model.pt").read_bytes()
+
+
 def test_exp_run_reruns_only_training_and_after(repo: Path) -> None:
     out = dvc(repo, "exp", "run", "-n", "lr3e-4", "-S", "train.lr=3e-4").stdout
     assert ran_stages(out) == {CHECK, *DOWNSTREAM}, out
