@@ -13,14 +13,30 @@ import sys
 from pathlib import Path
 
 from pneumo.atomic import write_bytes
-from pneumo.params import PARAMS_FILE, ParamsError, load_all
+from pneumo.params import PARAMS_FILE, SECTIONS, ParamsError, load_section, read_yaml
 
 OUT = Path("data/params.ok")
 
 
+def check(path: str | Path) -> None:
+    """Validate every section as its stage will; ``ParamsError`` lists all bad keys at once."""
+    raw = read_yaml(path)
+    unknown = ", ".join(sorted(set(raw) - set(SECTIONS)))
+    known = ", ".join(SECTIONS)
+    lines = [f"{path}: unknown section(s) {unknown}; known: {known}"] if unknown else []
+    missing, bad = [], []
+    for name in SECTIONS:
+        try:
+            load_section(name, path)
+        except ParamsError as e:
+            (bad if name in raw else missing).extend(str(e).splitlines())
+    if lines + missing + bad:
+        raise ParamsError("\n".join(lines + missing + bad))
+
+
 def main() -> None:
     try:
-        load_all(PARAMS_FILE)
+        check(PARAMS_FILE)
     except ParamsError as e:
         sys.exit(str(e))
     write_bytes(OUT, b"params.yaml is valid (src/check_params.py)\n")

@@ -4,6 +4,7 @@ it, no traceback from any stage script, and the repository's own file valid."""
 from __future__ import annotations
 
 import copy
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from check_params import check
 from conftest import ROOT, run_stage, write_params
-from pneumo.params import SECTIONS, ParamsError, load_all, load_section
+from pneumo.params import SECTIONS, ParamsError, kwargs_for, load_section
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -23,13 +25,13 @@ def errors_for(tmp_path: Path, mutate) -> str:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError) as e:
-        load_all(path)
+        check(path)
     return str(e.value).replace(str(path), "params.yaml")
 
 
 def test_the_committed_params_are_valid_and_complete() -> None:
-    sections = load_all(ROOT / "params.yaml")
-    assert set(sections) == set(SECTIONS)
+    check(ROOT / "params.yaml")
+    sections = {name: load_section(name, ROOT / "params.yaml") for name in SECTIONS}
     assert sections["train"].precision == "32" and sections["train"].pos_weight == "auto"
     # no defaults in code: every key of every model is in params.yaml
     for name, model in SECTIONS.items():
@@ -70,6 +72,14 @@ def test_the_committed_params_are_valid_and_complete() -> None:
             "params.yaml: unknown key train.augment.rotatio; known in train.augment: rotation_deg",
         ),
         (
+            lambda d: d["split"].update(val_fraction=0.0),
+            "params.yaml: split.val_fraction must be greater than 0, got 0.0",
+        ),
+        (
+            lambda d: d["split"].update(test_fraction=1.0),
+            "params.yaml: split.test_fraction must be less than 1, got 1.0",
+        ),
+        (
             lambda d: d["split"].update(val_fraction=0.6, test_fraction=0.5),
             "params.yaml: split: val_fraction + test_fraction must be below 1, got 0.6 + 0.5",
         ),
@@ -81,7 +91,17 @@ def test_the_committed_params_are_valid_and_complete() -> None:
             lambda d: d["train"].update(pos_weight="x"),
             "params.yaml: train.pos_weight must be 'auto' or a valid number",
         ),
+        (
+            lambda d: d["train"].update(pos_weight=-1),
+            "params.yaml: train.pos_weight must be 'auto' or greater than 0, got -1",
+        ),
+        (
+            lambda d: d["data"]["folder"].update(classes={"NORMAL": 0, "PNEUMONIA": 2}),
+            "params.yaml: data.folder.classes.PNEUMONIA must be 0 or 1, got 2",
+        ),
+        (lambda d: d["data"]["folder"].update(classes={}), "params.yaml: data.folder.classes must"),
         (lambda d: d.update(foo=1), "params.yaml: unknown section(s) foo; known: data, split"),
+        (lambda d: d.pop("cam"), "params.yaml: section 'cam' is missing"),
     ],
 )
 def test_bad_key_gives_one_line_naming_it(tmp_path: Path, mutate, expected: str) -> None:
@@ -147,3 +167,34 @@ def test_train_reports_bad_params_before_importing_torch(tmp_path: Path) -> None
     )
     assert proc.stdout.split()[0] == "False", proc.stdout + proc.stderr
     assert "unknown key train.lrr" in proc.stdout
+
+
+def test_a_section_passes_whole_into_the_calls_it_configures() -> None:
+    import lightning as L
+
+    from pneumo.data import XrayDataModule
+    from pneumo.training import PneumoniaClassifier
+
+    train = load_section("train", ROOT / "params.yaml")
+    # a Lightning upgrade adding a Trainer argument named like a train key would show here
+    assert set(kwargs_for(L.Trainer, train)) == {
+        "accelerator",
+        "devices",
+        "strategy",
+        "precision",
+        "max_epochs",
+        "deterministic",
+        "limit_train_batches",
+        "limit_val_batches",
+    }
+    assert set(kwargs_for(XrayDataModule, train)) == {
+        "batch_size",
+        "num_workers",
+        "balanced_sampling",
+        "seed",
+        "augment",
+    }
+    module = kwargs_for(PneumoniaClassifier, train, pos_weight=2.0)
+    assert set(module) == set(inspect.signature(PneumoniaClassifier).parameters)  # all given
+    assert module["pos_weight"] == 2.0 and module["lr"] == train.lr
+    assert kwargs_for(XrayDataModule, train)["augment"] == train.augment.model_dump()

@@ -1,9 +1,11 @@
 """params.yaml sections -> frozen, validated pydantic models.
 
 ``params.yaml`` is the one home of every value: the models below carry the types and the ranges,
-no defaults, so a key missing from the file is an error and a library caller cannot get another
-model than ``dvc repro`` does by leaving one out. Each stage script calls ``load_or_exit(<name>)``
-once in ``main()`` and passes the fields down; an unknown, missing, mistyped or out-of-range key
+no defaults, and the library functions they configure take those values without defaults either,
+so a key missing from the file is an error and a library caller cannot get another model than
+``dvc repro`` does by leaving one out. Each stage script calls ``load_or_exit(<name>)`` once in
+``main()`` and passes the section down whole (``kwargs_for`` picks the fields a constructor
+takes); an unknown, missing, mistyped or out-of-range key
 ends it with one line per key that names it (``params.yaml: train.batch_size must be greater
 than 0, got -4``). The ``params`` stage (``src/check_params.py``) checks the whole file before any
 other stage runs, so a typo stops ``dvc repro`` before DVC deletes any stage's outputs.
@@ -11,8 +13,10 @@ other stage runs, so a typo stops ``dvc repro`` before DVC deletes any stage's o
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -56,7 +60,7 @@ class RsnaParams(_Section):
 
 class FolderParams(_Section):
     path: str | None
-    classes: dict[str, Literal[0, 1]]
+    classes: Annotated[dict[str, Literal[0, 1]], Field(min_length=1)]  # folder -> Target
 
 
 class DataParams(_Section):
@@ -200,28 +204,6 @@ def load_section(name: str, path: str | Path = PARAMS_FILE) -> Any:
     return build(SECTIONS[name], raw[name], prefix=name, source=str(path))
 
 
-def load_all(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Read and validate every section; errors of all sections at once, one line per key."""
-    raw = read_yaml(path)
-    lines = []
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        lines.append(
-            f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"
-        )
-    lines += [f"{path}: section {name!r} is missing" for name in SECTIONS if name not in raw]
-    sections = {}
-    for name, cls in SECTIONS.items():
-        if name in raw:
-            try:
-                sections[name] = build(cls, raw[name], prefix=name, source=str(path))
-            except ParamsError as e:
-                lines += str(e).splitlines()
-    if lines:
-        raise ParamsError("\n".join(lines))
-    return sections
-
-
 def load_or_exit(name: str, path: str | Path = PARAMS_FILE) -> Any:
     """``load_section`` for a script: a bad params.yaml ends it with its reasons, no traceback."""
     try:
@@ -306,6 +288,11 @@ def _section_at(cls: type[_Section], parts: list[str]) -> type[_Section] | None:
     return cls
 
 
-def as_dict(section: Any) -> dict[str, Any]:
-    """A section as a plain dict (for logging and for hyperparameters in checkpoints)."""
-    return section.model_dump()
+def kwargs_for(call: Callable[..., Any], section: BaseModel, **given: Any) -> dict[str, Any]:
+    """The fields of ``section`` that ``call`` takes by name, as plain values, then ``given``.
+
+    ``XrayDataModule(data_dir, **kwargs_for(XrayDataModule, params))`` passes a section whole into
+    the constructor it configures: the signature says which keys it takes, none is restated.
+    """
+    names = inspect.signature(call).parameters.keys() & type(section).model_fields.keys()
+    return section.model_dump(include=names) | given
