@@ -24,7 +24,7 @@ import torch, torch.nn.functional as F
 from pneumo.model import build_network
 size, batch, steps = map(int, sys.argv[1:4])
 torch.manual_seed(0)
-net = build_network("resnet18", last_stride=1)
+net = build_network("resnet18", last_stride=1, pretrained=False, weights_path=None)
 opt = torch.optim.Adam(net.parameters(), 1e-3)
 x, y = torch.randn(batch, 1, size, size), (torch.rand(batch) > 0.7).float()
 times = []

@@ -85,7 +85,7 @@ def prepare(work: Path, n: int, image_size: int | None) -> tuple[Path, list[Path
         model = work / f"model-resnet18-{size}.pt"
         if not model.is_file():
             torch.manual_seed(0)
-            net = build_network("resnet18")
+            net = build_network("resnet18", pretrained=False, weights_path=None, last_stride=2)
             export_model(model, net, "resnet18", size, params.resize_mode, 0.49, 0.25)
     files = sorted((work / IMAGES).glob("*.dcm"))
     if len(files) < n:

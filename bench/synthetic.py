@@ -98,7 +98,7 @@ def train_resnet(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, log=print
 
     torch.manual_seed(seed)
     mean, std = float(x.mean() / 255), float(x.std() / 255)
-    net = build_network("resnet18")
+    net = build_network("resnet18", pretrained=False, weights_path=None, last_stride=2)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-5)
     steps = epochs * int(np.ceil(len(x) / 32))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -171,7 +171,7 @@ def learnability(n: int, gen_size: int, size: int, epochs: int, seed: int) -> di
     t0 = time.perf_counter()
     net, mean, std = train_resnet(x[n_test:], y[n_test:], epochs, seed)
     t_train = time.perf_counter() - t0
-    prob = predict_proba(net, x[:n_test], mean, std)
+    prob = predict_proba(net, x[:n_test], mean, std, batch_size=64)
     pos = [i for i in range(n_test) if y[i] == 1]
     boxes_pos = [boxes[i] for i in pos]
     game = pointing_game(net, x[pos], boxes_pos, mean, std, 0.0)

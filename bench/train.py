@@ -34,10 +34,11 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from fixtures import write_blob_dataset  # noqa: E402
 from pneumo.data import XrayDataModule  # noqa: E402
 from pneumo.model import build_network, normalize  # noqa: E402
-from pneumo.params import as_dict, load_section  # noqa: E402
+from pneumo.params import kwargs_for, load_section  # noqa: E402
 from pneumo.training import PneumoniaClassifier, pos_weight_from_targets  # noqa: E402
 
 WARMUP = 3
+PARAMS = ROOT / "params.yaml"
 
 
 class StepClock(Callback):
@@ -50,17 +51,23 @@ class StepClock(Callback):
         self.ends.append(time.perf_counter())
 
 
+def _datamodule(data: Path, batch: int, workers: int, seed: int) -> XrayDataModule:
+    """The train stage's DataModule (params.yaml's augmentation) at this batch size and seed."""
+    p = load_section("train", PARAMS)
+    settings = kwargs_for(XrayDataModule, p, batch_size=batch, num_workers=workers, seed=seed)
+    return XrayDataModule(data, **settings)
+
+
 def lightning_rate(data: Path, batch: int, steps: int, workers: int, seed: int) -> float:
     """Images / s of Trainer.fit with the project's DataModule and LightningModule."""
     L.seed_everything(seed, verbose=False)
-    dm = XrayDataModule(
-        data,
-        batch_size=batch,
-        num_workers=workers,
-        seed=seed,
-        augment=as_dict(load_section("train", ROOT / "params.yaml").augment),
+    dm = _datamodule(data, batch, workers, seed)
+    # last_stride 2 as bare_rate's network, so the two rates measure the same network
+    p = load_section("train", PARAMS)
+    pos_weight = pos_weight_from_targets(dm.train_targets())
+    module = PneumoniaClassifier(
+        **kwargs_for(PneumoniaClassifier, p, pos_weight=pos_weight, last_stride=2)
     )
-    module = PneumoniaClassifier(pos_weight=pos_weight_from_targets(dm.train_targets()))
     clock = StepClock()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -85,14 +92,14 @@ def lightning_rate(data: Path, batch: int, steps: int, workers: int, seed: int) 
 def bare_rate(data: Path, batch: int, steps: int, seed: int) -> float:
     """Images / s of forward-backward-Adam on in-memory normalised tensors of the same shape."""
     torch.manual_seed(seed)
-    dm = XrayDataModule(data)
+    dm = _datamodule(data, batch, 0, seed)
     images = np.load(data / "train.npy")
     targets = torch.tensor(dm.train_targets(), dtype=torch.float32)
     n_batches = len(images) // batch
     xs = [normalize(images[i * batch : (i + 1) * batch], dm.mean, dm.std) for i in range(n_batches)]
     ys = [targets[i * batch : (i + 1) * batch] for i in range(n_batches)]
     pos_weight = torch.tensor(pos_weight_from_targets(dm.train_targets()))
-    net = build_network("resnet18").train()
+    net = build_network("resnet18", pretrained=False, weights_path=None, last_stride=2).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-5)
     torch.use_deterministic_algorithms(True)  # as the Trainer above (deterministic=True)
     ends = []
@@ -108,13 +115,7 @@ def bare_rate(data: Path, batch: int, steps: int, seed: int) -> float:
 
 def pipeline_rate(data: Path, batch: int, workers: int, seed: int) -> float:
     """Images / s of the input pipeline alone: memmap loader + augmentation + normalisation."""
-    dm = XrayDataModule(
-        data,
-        batch_size=batch,
-        num_workers=workers,
-        seed=seed,
-        augment=as_dict(load_section("train", ROOT / "params.yaml").augment),
-    )
+    dm = _datamodule(data, batch, workers, seed)
     dm.setup("fit")
     start, n = time.perf_counter(), 0
     for images, _ in dm.train_dataloader():

@@ -49,8 +49,6 @@ def predict_split(
 
 def run(model_path: Path, processed: Path, out_dir: Path, batch_size: int) -> None:
     """Predict every split into a fresh directory, swapped in whole when complete."""
-    if batch_size < 1:
-        raise ValueError(f"evaluate.batch_size={batch_size} must be >= 1")
     model = load_exported(model_path)
     with (processed / "stats.json").open() as f:
         mode = json.load(f)["resize_mode"]

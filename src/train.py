@@ -11,7 +11,7 @@ from pathlib import Path
 # one busy process a training step is 1.8x faster on 2 cores, alone 5 % slower (bench/omp.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pneumo.params import as_dict, load_or_exit
+from pneumo.params import kwargs_for, load_or_exit
 
 PROCESSED = Path("data/processed")
 MODEL_DIR = Path("data/model")
@@ -39,45 +39,17 @@ def main() -> None:
     if p.threads:
         torch.set_num_threads(p.threads)
     L.seed_everything(p.seed, workers=True)
-    dm = XrayDataModule(
-        PROCESSED,
-        batch_size=p.batch_size,
-        num_workers=p.num_workers,
-        balanced_sampling=p.balanced_sampling,
-        seed=p.seed,
-        augment=as_dict(p.augment),
-    )
-    module = PneumoniaClassifier(
-        arch=p.arch,
-        pretrained=p.pretrained,
-        weights_path=p.weights_path,
-        lr=p.lr,
-        weight_decay=p.weight_decay,
-        scheduler=p.scheduler,
-        max_epochs=p.max_epochs,
-        loss=p.loss,
-        pos_weight=resolve_pos_weight(p.pos_weight, dm.train_targets(), p.balanced_sampling),
-        focal_gamma=p.focal_gamma,
-        plateau_patience=p.plateau_patience,
-        last_stride=p.last_stride,
-    )
+    dm = XrayDataModule(PROCESSED, **kwargs_for(XrayDataModule, p))
+    pos_weight = resolve_pos_weight(p.pos_weight, dm.train_targets(), p.balanced_sampling)
+    module = PneumoniaClassifier(**kwargs_for(PneumoniaClassifier, p, pos_weight=pos_weight))
     # dvclive empties its directory at start: give it a private one, keep only the curves
     with tempfile.TemporaryDirectory(prefix="dvclive-") as live_dir:
         result = fit(
             module,
             dm,
+            p,
             checkpoint_dir=MODEL_DIR / "checkpoints",
             live_dir=live_dir,
-            max_epochs=p.max_epochs,
-            early_stopping_patience=p.early_stopping_patience,
-            accelerator=p.accelerator,
-            devices=p.devices,
-            strategy=p.strategy,
-            precision=p.precision,
-            deterministic=p.deterministic,
-            limit_train_batches=p.limit_train_batches,
-            limit_val_batches=p.limit_val_batches,
-            compile=p.compile,
             progress_bar=sys.stdout.isatty(),
         )
         if not result.is_global_zero:  # DDP: the other processes only train

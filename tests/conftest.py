@@ -80,5 +80,13 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    export_model(path, build_network("resnet18"), "resnet18", TINY_MODEL_SIZE, "pad", 0.45, 0.25)
+    export_model(
+        path,
+        build_network("resnet18", pretrained=False, weights_path=None, last_stride=2),
+        "resnet18",
+        TINY_MODEL_SIZE,
+        "pad",
+        0.45,
+        0.25,
+    )
     return path

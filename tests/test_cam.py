@@ -62,7 +62,7 @@ def _minmax(a: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def resnet() -> nn.Module:
     torch.manual_seed(0)
-    return build_network("resnet18").eval()
+    return build_network("resnet18", pretrained=False, weights_path=None, last_stride=2).eval()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_cam_of_resnet18_equals_manual_computation(resnet):
 def test_gradcam_equals_relu_cam_for_gap_linear_head():
     # for a GAP + linear head d logit / dA_c = w_c / (h w): Grad-CAM = ReLU(CAM) / (h w)
     torch.manual_seed(0)
-    net = build_network("resnet18").eval()
+    net = build_network("resnet18", pretrained=False, weights_path=None, last_stride=2).eval()
     x = torch.randn(4, 1, 64, 64, generator=torch.Generator().manual_seed(2))
     features, linear = split_network(net, "resnet18")
     with torch.no_grad():
@@ -155,7 +155,7 @@ def test_gradcam_plus_plus_closed_form_on_hand_built_features():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_maps_for_every_arch_have_image_shape_and_range(arch):
     torch.manual_seed(0)
-    net = build_network(arch).eval()
+    net = build_network(arch, pretrained=False, weights_path=None, last_stride=2).eval()
     x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected_probs = torch.sigmoid(net(x)[:, 0]).numpy()
@@ -356,10 +356,10 @@ def _fake_pipeline(root: Path, n: int = 12, size: int = 64) -> tuple[nn.Module, 
         root / "data/processed/test.csv", index=False
     )
     torch.manual_seed(5)
-    net = build_network("resnet18").eval()
+    net = build_network("resnet18", pretrained=False, weights_path=None, last_stride=2).eval()
     mean, std = 0.5, 0.25
     export_model(root / "data/model/model.pt", net, "resnet18", size, "pad", mean, std)
-    probs = predict_proba(net, images, mean, std)
+    probs = predict_proba(net, images, mean, std, batch_size=64)
     (root / "data/predictions").mkdir(parents=True)
     pd.DataFrame({"patientId": ids, "target": targets, "prob": probs}).to_csv(
         root / "data/predictions/test.csv", index=False
@@ -382,7 +382,7 @@ def _inputs(root: Path) -> CamInputs:
 
 def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
     net, probs = _fake_pipeline(tmp_path)
-    model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test")
+    model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test", last_stride=2)
     test = _inputs(tmp_path)
     kwargs = dict(
         decision_threshold=0.5,
@@ -413,7 +413,7 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
 
 def test_shift_averaged_maps_are_the_mean_of_the_moved_maps():
     torch.manual_seed(3)
-    net = build_network("resnet18", last_stride=1).eval()
+    net = build_network("resnet18", last_stride=1, pretrained=False, weights_path=None).eval()
     x = torch.randn(2, 1, 64, 64)
     probs0, maps0 = compute_maps(net, "resnet18", x)
     probs, maps = compute_maps(net, "resnet18", x, shift=4)
@@ -432,7 +432,7 @@ def test_shift_averaged_maps_are_the_mean_of_the_moved_maps():
 
 def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):
     net, _ = _fake_pipeline(tmp_path)
-    model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test")
+    model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test", last_stride=2)
     val = read_predicted_split(
         tmp_path / "data/processed", tmp_path / "data/predictions/val.csv", "val"
     )

@@ -27,6 +27,9 @@ from pneumo.data import (
 from pneumo.model import normalize
 
 AUG = dict(rotation_deg=10.0, translate=0.1, scale=0.1, brightness=0.2, contrast=0.2, hflip=True)
+NO_AUG = dict.fromkeys(AUG, 0.0) | {"hflip": False}
+AFFINE = {k: v for k, v in NO_AUG.items() if k not in ("brightness", "contrast")}
+DATA = dict(num_workers=0, balanced_sampling=False, seed=0)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,11 +102,13 @@ def test_memmap_is_reopened_per_process_and_never_pickled(processed):
 
 @pytest.mark.parametrize("n, world", [(13, 2), (13, 3), (5, 4), (8, 2)])
 def test_evaluation_shards_cover_every_sample_once(n, world):
-    shards = [list(EpochSampler(n, r, world, shuffle=False)) for r in range(world)]
+    shards = [
+        list(EpochSampler(n, seed=0, rank=r, world=world, shuffle=False)) for r in range(world)
+    ]
     assert sorted(sum(shards, [])) == list(range(n))  # no padding, no duplicates
-    assert [len(EpochSampler(n, r, world, shuffle=False)) for r in range(world)] == list(
-        map(len, shards)
-    )
+    assert [
+        len(EpochSampler(n, seed=0, rank=r, world=world, shuffle=False)) for r in range(world)
+    ] == list(map(len, shards))
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -112,7 +117,9 @@ def test_training_shards_are_even_seeded_and_change_per_epoch(weighted):
     weights = np.linspace(1, 2, n) if weighted else None
 
     def epoch(e, seed=7):
-        samplers = [EpochSampler(n, r, world, seed=seed, weights=weights) for r in range(world)]
+        samplers = [
+            EpochSampler(n, seed=seed, rank=r, world=world, weights=weights) for r in range(world)
+        ]
         for s in samplers:
             s.set_epoch(e)
         return [list(s) for s in samplers]
@@ -156,12 +163,12 @@ def test_augment_is_deterministic_per_seed_and_keeps_shape():
 
 def test_augment_with_zero_magnitudes_is_the_identity():
     x = _images()
-    assert torch.equal(augment_batch(x, torch.Generator().manual_seed(0)), x)
+    assert torch.equal(augment_batch(x, torch.Generator().manual_seed(0), **NO_AUG), x)
 
 
 def test_hflip_alone_mirrors_about_half_the_images_exactly():
     x = _images(b=64, s=16)
-    out = augment_batch(x, torch.Generator().manual_seed(0), hflip=True)
+    out = augment_batch(x, torch.Generator().manual_seed(0), **NO_AUG | {"hflip": True})
     same = [torch.allclose(o, i, atol=1e-5) for o, i in zip(out, x, strict=True)]
     mirrored = [torch.allclose(o, i.flip(-1), atol=1e-5) for o, i in zip(out, x, strict=True)]
     assert all(s != m for s, m in zip(same, mirrored, strict=True))  # each is one or the other
@@ -170,13 +177,13 @@ def test_hflip_alone_mirrors_about_half_the_images_exactly():
 
 def test_affine_parameters_stay_in_their_ranges():
     g = torch.Generator().manual_seed(0)
-    rot = random_affine(200, g, rotation_deg=10.0)
+    rot = random_affine(200, g, **AFFINE | {"rotation_deg": 10.0})
     angles = torch.rad2deg(torch.atan2(rot[:, 1, 0], rot[:, 0, 0]))
     assert angles.abs().max() <= 10.0 + 1e-4 and angles.abs().max() > 8
     assert torch.allclose(torch.linalg.det(rot[:, :, :2]), torch.ones(200), atol=1e-5)
-    zoom = random_affine(200, g, scale=0.2)[:, 0, 0]
+    zoom = random_affine(200, g, **AFFINE | {"scale": 0.2})[:, 0, 0]
     assert zoom.min() >= 1 / 1.2 - 1e-6 and zoom.max() <= 1 / 0.8 + 1e-6
-    shift = random_affine(200, g, translate=0.1)[:, :, 2]
+    shift = random_affine(200, g, **AFFINE | {"translate": 0.1})[:, :, 2]
     assert shift.abs().max() <= 0.2 + 1e-6 and shift.abs().max() > 0.15
 
 
@@ -184,8 +191,8 @@ def test_translation_moves_a_blob_by_the_shift():
     x = torch.zeros(1, 1, 64, 64)
     x[0, 0, 28:36, 28:36] = 1.0
     g = torch.Generator().manual_seed(5)
-    theta = random_affine(1, torch.Generator().manual_seed(5), translate=0.1)
-    out = augment_batch(x, g, translate=0.1)
+    theta = random_affine(1, torch.Generator().manual_seed(5), **AFFINE | {"translate": 0.1})
+    out = augment_batch(x, g, **NO_AUG | {"translate": 0.1})
     ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
     cx = (out[0, 0] * xs).sum() / out[0, 0].sum()
     cy = (out[0, 0] * ys).sum() / out[0, 0].sum()
@@ -195,7 +202,7 @@ def test_translation_moves_a_blob_by_the_shift():
 
 
 def test_datamodule_normalises_like_the_exported_model_and_augments_train_only(processed):
-    dm = XrayDataModule(processed, batch_size=8, seed=0, augment=AUG)
+    dm = XrayDataModule(processed, batch_size=8, augment=AUG, **DATA)
     images, targets = next(iter(dm.val_dataloader()))
     assert images.dtype == torch.uint8 and targets.dtype == torch.float32
     expected = normalize(images, dm.mean, dm.std)
@@ -205,12 +212,12 @@ def test_datamodule_normalises_like_the_exported_model_and_augments_train_only(p
     dm.setup("fit")
     augmented = dm.on_after_batch_transfer((images, targets), 0)[0]
     assert augmented.shape == expected.shape and not torch.equal(augmented, expected)
-    plain = XrayDataModule(processed, batch_size=8, augment={})
+    plain = XrayDataModule(processed, batch_size=8, augment={}, **DATA)
     assert torch.equal(plain.transform_batch(images, train=True), expected)
 
 
 def test_datamodule_loaders(processed):
-    dm = XrayDataModule(processed, batch_size=8, seed=0)
+    dm = XrayDataModule(processed, batch_size=8, augment={}, **DATA)
     train = list(dm.train_dataloader())
     assert [len(b[1]) for b in train] == [8] * 5  # 40 images, last partial batch dropped
     val = list(dm.val_dataloader())

@@ -181,7 +181,15 @@ def _processed(root: Path, size: int, resize_mode: str = "pad") -> Path:
 def model_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    export_model(path, build_network("resnet18"), "resnet18", 32, "pad", mean=0.45, std=0.2)
+    export_model(
+        path,
+        build_network("resnet18", pretrained=False, weights_path=None, last_stride=2),
+        "resnet18",
+        32,
+        "pad",
+        mean=0.45,
+        std=0.2,
+    )
     return path
 
 

@@ -386,20 +386,6 @@ def test_both_classes_in_every_split_or_a_clear_error():
         L.split_patients(few, 0.1, 0.1, seed=0)
 
 
-@pytest.mark.parametrize(
-    ("val", "test", "message"),
-    [
-        (0.0, 0.15, r"split.val_fraction=0.0 must be .* between 0 and 1"),
-        (0.2, 1.0, r"split.test_fraction=1.0 must be"),
-        (-0.1, 0.2, r"split.val_fraction=-0.1"),
-        (0.5, 0.5, r"split.val_fraction \+ split.test_fraction = 0.5 \+ 0.5 = 1 must be < 1"),
-    ],
-)
-def test_bad_fractions(val, test, message):
-    with pytest.raises(L.LabelError, match=message):
-        L.check_fractions(val, test)
-
-
 # ----------------------------------------------------------------------------------------------
 # Summary and outputs
 

@@ -159,7 +159,7 @@ def test_batching_and_workers_do_not_change_results(images, model_path):
     np.testing.assert_allclose(probs[2], probs[0], rtol=0, atol=1e-6)
     one = load_for_model(files[0], SIZE, "pad")[None]
     assert probs[0][0] == pytest.approx(
-        predict_proba(model.net, one, model.mean, model.std)[0], abs=1e-6
+        predict_proba(model.net, one, model.mean, model.std, batch_size=64)[0], abs=1e-6
     )
 
 

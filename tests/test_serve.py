@@ -59,7 +59,7 @@ def _upload(path: Path, name: str | None = None) -> dict:
 def _expected_prob(model_path: Path, path: Path) -> float:
     model = load_model(model_path)
     img = load_for_model(path, model.image_size, model.resize_mode)[None]
-    return float(predict_proba(model.net, img, model.mean, model.std)[0])
+    return float(predict_proba(model.net, img, model.mean, model.std, batch_size=64)[0])
 
 
 # ----------------------------------------------------------------------------------------------

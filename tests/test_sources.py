@@ -26,6 +26,13 @@ from pneumo.synthetic.files import to_dicom, write_dicom
 from pneumo.synthetic.render import synthesize
 
 KAGGLE_FILES = (LABELS_CSV, CLASS_INFO_CSV)
+FOLDER_CLASSES = {"NORMAL": 0, "PNEUMONIA": 1}
+
+
+def _fetch(raw: Path, archive: Path | None, **settings) -> dict:
+    """``fetch_rsna`` with params.yaml's data.rsna settings unless given."""
+    rsna = {"competition": "rsna-pneumonia-detection-challenge", "keep_test_images": False}
+    return sources.fetch_rsna(raw, archive=archive, **rsna | settings)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -70,7 +77,7 @@ def test_rsna_from_zip_keeps_only_what_is_needed(
     kaggle_zip: Path, small_raw: Path, tmp_path: Path
 ) -> None:
     raw = tmp_path / "data" / "raw"
-    summary = sources.fetch_rsna(raw, archive=kaggle_zip)
+    summary = _fetch(raw, archive=kaggle_zip)
     assert tree_digest(raw) == tree_digest(small_raw)  # byte-identical, nothing else
     assert summary["n_train_images"] == 8 and summary["n_test_images"] == 0
     assert summary["n_skipped_entries"] == 4  # 2 test images, sample submission, credits note
@@ -79,7 +86,7 @@ def test_rsna_from_zip_keeps_only_what_is_needed(
 
 def test_rsna_from_zip_with_test_images(kaggle_zip: Path, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
-    summary = sources.fetch_rsna(raw, archive=kaggle_zip, keep_test_images=True)
+    summary = _fetch(raw, archive=kaggle_zip, keep_test_images=True)
     assert summary["n_test_images"] == 2
     test_files = sorted((raw / TEST_IMAGES).iterdir())
     assert len(test_files) == 2
@@ -93,7 +100,7 @@ def test_rsna_from_unpacked_folder(kaggle_zip: Path, small_raw: Path, tmp_path: 
         zf.extractall(unpacked)  # our own archive: trusted
     before = tree_digest(unpacked)
     raw = tmp_path / "raw"
-    summary = sources.fetch_rsna(raw, archive=unpacked)
+    summary = _fetch(raw, archive=unpacked)
     assert tree_digest(raw) == tree_digest(small_raw)
     assert summary["n_train_images"] == 8
     assert tree_digest(unpacked) == before  # the source is never modified
@@ -107,7 +114,7 @@ def test_rsna_zip_under_a_top_folder(small_raw: Path, tmp_path: Path) -> None:
             if p.is_file():
                 zf.write(p, f"rsna/{p.relative_to(small_raw).as_posix()}")
     raw = tmp_path / "raw"
-    sources.fetch_rsna(raw, archive=zpath)
+    _fetch(raw, archive=zpath)
     assert tree_digest(raw) == tree_digest(small_raw)
 
 
@@ -115,7 +122,7 @@ def test_rsna_replaces_previous_raw_atomically(kaggle_zip: Path, tmp_path: Path)
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "stale.txt").write_text("from an earlier run")
-    sources.fetch_rsna(raw, archive=kaggle_zip)
+    _fetch(raw, archive=kaggle_zip)
     assert not (raw / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
@@ -156,7 +163,7 @@ def test_malicious_zip_is_refused(
     before = tree_digest(tmp_path)
     name = entry[0] if isinstance(entry[0], str) else entry[0].filename
     with pytest.raises(SourceError) as err:
-        sources.fetch_rsna(raw, archive=zpath)
+        _fetch(raw, archive=zpath)
     assert repr(name) in str(err.value) and reason in str(err.value)
     assert tree_digest(tmp_path) == before  # nothing written anywhere, old output intact
     assert sorted(p.name for p in raw.parent.iterdir()) == ["raw"]
@@ -168,14 +175,14 @@ def test_zip_without_labels_is_named(tmp_path: Path) -> None:
     with zipfile.ZipFile(zpath, "w") as zf:
         zf.writestr("readme.txt", "not the RSNA archive")
     with pytest.raises(SourceError, match=LABELS_CSV):
-        sources.fetch_rsna(tmp_path / "raw", archive=zpath)
+        _fetch(tmp_path / "raw", archive=zpath)
     assert not (tmp_path / "raw").exists()
 
 
 def test_zip_missing_images_is_named(tmp_path: Path) -> None:
     zpath = _zip_with(tmp_path / "noimg.zip", [])
     with pytest.raises(SourceError, match=f"{TRAIN_IMAGES}/"):
-        sources.fetch_rsna(tmp_path / "raw", archive=zpath)
+        _fetch(tmp_path / "raw", archive=zpath)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noimg.zip"]
 
 
@@ -184,16 +191,16 @@ def test_folder_missing_class_info_is_named(small_raw: Path, tmp_path: Path) -> 
     shutil.copytree(small_raw, partial)
     (partial / CLASS_INFO_CSV).unlink()
     with pytest.raises(SourceError, match=CLASS_INFO_CSV):
-        sources.fetch_rsna(tmp_path / "raw", archive=partial)
+        _fetch(tmp_path / "raw", archive=partial)
 
 
 def test_archive_that_is_neither(tmp_path: Path) -> None:
     bogus = tmp_path / "rsna.zip"
     bogus.write_bytes(b"PK\x03\x04 truncated download")
     with pytest.raises(SourceError, match="neither a zip"):
-        sources.fetch_rsna(tmp_path / "raw", archive=bogus)
+        _fetch(tmp_path / "raw", archive=bogus)
     with pytest.raises(SourceError, match="does not exist"):
-        sources.fetch_rsna(tmp_path / "raw", archive=tmp_path / "nope.zip")
+        _fetch(tmp_path / "raw", archive=tmp_path / "nope.zip")
 
 
 def test_archive_inside_the_output_is_refused(kaggle_zip: Path, tmp_path: Path) -> None:
@@ -201,7 +208,7 @@ def test_archive_inside_the_output_is_refused(kaggle_zip: Path, tmp_path: Path) 
     raw.mkdir()
     inside = shutil.copyfile(kaggle_zip, raw / "rsna.zip")
     with pytest.raises(SourceError, match="which this stage replaces"):
-        sources.fetch_rsna(raw, archive=inside)
+        _fetch(raw, archive=inside)
     assert inside.is_file()
 
 
@@ -225,7 +232,7 @@ def no_kaggle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_missing_credentials_message(no_kaggle: Path, tmp_path: Path) -> None:
     assert sources.kaggle_credentials() is None
     with pytest.raises(SourceError) as err:
-        sources.fetch_rsna(tmp_path / "raw", archive=None, download_dir=tmp_path / "dl")
+        _fetch(tmp_path / "raw", archive=None, download_dir=tmp_path / "dl")
     msg = str(err.value)
     for needle in (
         "KAGGLE_API_TOKEN",
@@ -387,15 +394,13 @@ def test_folder_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="class PNEUMONIA: no PNG, JPEG or DICOM") as err:
         sources.import_folder(tmp_path / "raw", root, {"NORMAL": 0, "PNEUMONIA": 1})
     assert str(root / "PNEUMONIA") in str(err.value)
-    with pytest.raises(SourceError, match="Target 0 or 1"):
-        sources.import_folder(tmp_path / "raw", root, {"NORMAL": 0, "PNEUMONIA": 2})
     with pytest.raises(SourceError, match="data.folder.path is not set"):
-        sources.import_folder(tmp_path / "raw", None)
+        sources.import_folder(tmp_path / "raw", None, FOLDER_CLASSES)
     with pytest.raises(SourceError, match="is not a folder"):
-        sources.import_folder(tmp_path / "raw", tmp_path / "missing")
+        sources.import_folder(tmp_path / "raw", tmp_path / "missing", FOLDER_CLASSES)
     shutil.copyfile(root / "NORMAL" / "a.png", root / "PNEUMONIA" / "a2.png")
     with pytest.raises(SourceError, match="same image under two classes"):
-        sources.import_folder(tmp_path / "raw", root)
+        sources.import_folder(tmp_path / "raw", root, FOLDER_CLASSES)
     assert not (tmp_path / "raw").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no temp dir left
 
@@ -411,7 +416,7 @@ def test_folder_on_real_images(real_cxr: Path, tmp_path: Path) -> None:
             (root / cls).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(real_cxr / name, root / cls / Path(name).name)
     raw = tmp_path / "raw"
-    summary = sources.import_folder(raw, root)
+    summary = sources.import_folder(raw, root, FOLDER_CLASSES)
     assert summary["n_images"] == 5 and summary["classes"] == {"NORMAL": 2, "PNEUMONIA": 3}
     rows = {r["patientId"]: r for r in _read_csv(raw / LABELS_CSV)}
     assert rows["00000001_000"]["groupId"] == "00000001"  # NIH: patient_follow-up
@@ -489,7 +494,7 @@ def test_zip_bomb_is_refused_before_anything_is_written(small_raw: Path, tmp_pat
     raw.mkdir(parents=True)
     (raw / "keep.txt").write_text("previous output")
     with pytest.raises(SourceError) as err:
-        sources.fetch_rsna(raw, archive=zpath)
+        _fetch(raw, archive=zpath)
     message = str(err.value)
     assert f"'{TRAIN_IMAGES}/bomb.dcm'" in message and "-fold" in message, message
     assert "nothing extracted" in message and "\n" not in message
@@ -499,10 +504,12 @@ def test_zip_bomb_is_refused_before_anything_is_written(small_raw: Path, tmp_pat
 
 def test_zip_total_size_limit_names_the_archive(kaggle_zip: Path, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"refusing to extract [\d,]+ bytes, more than the limit"):
-        sources.extract_rsna_zip(kaggle_zip, tmp_path, max_bytes=1000)
+        sources.extract_rsna_zip(kaggle_zip, tmp_path, False, max_bytes=1000)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "ok").mkdir()
-    counts = sources.extract_rsna_zip(kaggle_zip, tmp_path / "ok")  # within the default limits
+    counts = sources.extract_rsna_zip(
+        kaggle_zip, tmp_path / "ok", False
+    )  # within the default limits
     assert counts["n_train_images"] > 0
 
 
@@ -531,5 +538,5 @@ def test_unpacked_rsna_folder_refuses_a_link_leading_outside(
     shutil.copytree(small_raw, copy)
     (copy / TRAIN_IMAGES / "passwd.dcm").symlink_to("/etc/passwd")
     with pytest.raises(SourceError, match=r"passwd\.dcm: a symbolic link to /etc/passwd"):
-        sources.fetch_rsna(tmp_path / "data" / "raw", archive=copy)
+        _fetch(tmp_path / "data" / "raw", archive=copy)
     assert not (tmp_path / "data" / "raw").exists()

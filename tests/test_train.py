@@ -64,7 +64,7 @@ def _run_in_process(path: Path, monkeypatch) -> dict:
 def _val_auroc_of_export(path: Path) -> float:
     exported = load_exported(path / "data" / "model" / "model.pt")
     val = np.load(path / "data" / "processed" / "val.npy")
-    prob = predict_proba(exported.net, val, exported.mean, exported.std)
+    prob = predict_proba(exported.net, val, exported.mean, exported.std, batch_size=64)
     return roc_auc_score(read_targets(path / "data" / "processed", "val"), prob)
 
 

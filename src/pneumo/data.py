@@ -118,9 +118,10 @@ class EpochSampler(Sampler[int]):
     def __init__(
         self,
         n: int,
+        *,
+        seed: int,
         rank: int = 0,
         world: int = 1,
-        seed: int = 0,
         shuffle: bool = True,
         weights: np.ndarray | None = None,
     ):
@@ -170,10 +171,11 @@ def balanced_weights(targets: np.ndarray) -> np.ndarray:
 def random_affine(
     batch: int,
     generator: torch.Generator,
-    rotation_deg: float = 0.0,
-    translate: float = 0.0,
-    scale: float = 0.0,
-    hflip: bool = False,
+    *,
+    rotation_deg: float,
+    translate: float,
+    scale: float,
+    hflip: bool,
 ) -> torch.Tensor:
     """Per-sample affine matrices ``(B, 2, 3)`` for ``F.affine_grid`` (output -> input coords).
 
@@ -196,12 +198,13 @@ def random_affine(
 def augment_batch(
     x: torch.Tensor,
     generator: torch.Generator,
-    rotation_deg: float = 0.0,
-    translate: float = 0.0,
-    scale: float = 0.0,
-    brightness: float = 0.0,
-    contrast: float = 0.0,
-    hflip: bool = False,
+    *,
+    rotation_deg: float,
+    translate: float,
+    scale: float,
+    brightness: float,
+    contrast: float,
+    hflip: bool,
 ) -> torch.Tensor:
     """Random affine + brightness/contrast on float images ``(B, 1, S, S)`` in [0, 1].
 
@@ -212,7 +215,9 @@ def augment_batch(
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"expected images (B, 1, S, S), got {tuple(x.shape)}")
     b = x.shape[0]
-    theta = random_affine(b, generator, rotation_deg, translate, scale, hflip)
+    theta = random_affine(
+        b, generator, rotation_deg=rotation_deg, translate=translate, scale=scale, hflip=hflip
+    )
     u = torch.rand(b, 2, generator=generator) * 2 - 1
     if rotation_deg or translate or scale or hflip:
         grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
@@ -231,16 +236,21 @@ def augment_batch(
 
 class XrayDataModule(L.LightningDataModule):
     """Train / val / test loaders over ``data/processed``; normalisation and train augmentation
-    run on whole batches after the transfer to the device (``on_after_batch_transfer``)."""
+    run on whole batches after the transfer to the device (``on_after_batch_transfer``).
+
+    The keywords are the ``train.*`` keys of these names (``kwargs_for``); ``augment`` is the
+    ``train.augment`` mapping, or empty for none.
+    """
 
     def __init__(
         self,
         data_dir: str | Path,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        balanced_sampling: bool = False,
-        seed: int = 0,
-        augment: Mapping[str, Any] | None = None,
+        *,
+        batch_size: int,
+        num_workers: int,
+        balanced_sampling: bool,
+        seed: int,
+        augment: Mapping[str, Any],
     ):
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -248,7 +258,7 @@ class XrayDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.balanced_sampling = balanced_sampling
         self.seed = seed
-        self.augment = dict(augment or {})
+        self.augment = dict(augment)
         self.stats = read_stats(self.data_dir)
         self.mean = float(self.stats["mean"])
         self.std = float(self.stats["std"])
@@ -285,7 +295,9 @@ class XrayDataModule(L.LightningDataModule):
         ds = self.dataset(split)
         rank, world = self._rank_world()
         weights = balanced_weights(ds.targets) if train and self.balanced_sampling else None
-        sampler = EpochSampler(len(ds), rank, world, self.seed, shuffle=train, weights=weights)
+        sampler = EpochSampler(
+            len(ds), seed=self.seed, rank=rank, world=world, shuffle=train, weights=weights
+        )
         return DataLoader(
             ds,
             batch_size=self.batch_size,

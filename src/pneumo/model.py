@@ -40,17 +40,14 @@ def default_weights_path(arch: str) -> Path:
 
 
 def build_network(
-    arch: str = "resnet18",
-    pretrained: bool = False,
-    weights_path: str | Path | None = None,
-    last_stride: int = 2,
+    arch: str, *, pretrained: bool, weights_path: str | Path | None, last_stride: int
 ) -> nn.Module:
     """A classifier of torchvision's architecture ``arch`` with a 1-channel first convolution and
     a single logit.
 
     ResNet18 is :class:`pneumo.resnet.ResNet18`, torchvision's network without its import cost.
 
-    With ``pretrained``, ImageNet weights are read from ``weights_path`` (default: torchvision's
+    With ``pretrained``, ImageNet weights are read from ``weights_path`` (None: torchvision's
     cache, never the network) and the first convolution's RGB kernels are summed into one channel,
     which keeps the response to a gray image (R = G = B) unchanged.
 
@@ -173,7 +170,7 @@ class Exported:
     mean: float
     std: float
     sha256: str  # identity of the file, reported by prediction
-    last_stride: int = 2  # see build_network
+    last_stride: int  # see build_network
 
 
 def export_model(
@@ -215,8 +212,10 @@ def load_exported(path: str | Path, map_location: str = "cpu") -> Exported:
     payload = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(payload, dict) or payload.get("version") != EXPORT_VERSION:
         raise ValueError(f"{path} is not an exported model of version {EXPORT_VERSION}")
-    last_stride = int(payload.get("last_stride", 2))
-    net = build_network(payload["arch"], pretrained=False, last_stride=last_stride)
+    last_stride = int(payload.get("last_stride", 2))  # files from before train.last_stride
+    net = build_network(
+        payload["arch"], pretrained=False, weights_path=None, last_stride=last_stride
+    )
     net.load_state_dict(payload["state_dict"])
     net.eval()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -244,7 +243,7 @@ def normalize(images: np.ndarray | torch.Tensor, mean: float, std: float) -> tor
 
 @torch.no_grad()
 def predict_proba(
-    net: nn.Module, images: np.ndarray, mean: float, std: float, batch_size: int = 64
+    net: nn.Module, images: np.ndarray, mean: float, std: float, batch_size: int
 ) -> np.ndarray:
     """Probabilities (float64, (N,)) for uint8 images (N, S, S); memmaps are read in batches."""
     net.eval()

@@ -79,9 +79,9 @@ def check_raw(raw_dir: Path) -> None:
 
 def fetch_rsna(
     raw_dir: Path,
-    archive: str | Path | None = None,
-    competition: str = "rsna-pneumonia-detection-challenge",
-    keep_test_images: bool = False,
+    archive: str | Path | None,
+    competition: str,
+    keep_test_images: bool,
     download_dir: Path = Path("data/downloads"),
 ) -> dict:
     """Fill ``raw_dir`` from a local copy (zip or unpacked folder) or the Kaggle competition.
@@ -152,7 +152,7 @@ def _wanted(rel: str, keep_test_images: bool) -> bool:
 def extract_rsna_zip(
     zip_path: Path,
     dest: Path,
-    keep_test_images: bool = False,
+    keep_test_images: bool,
     *,
     max_ratio: float = MAX_RATIO,
     max_bytes: int = MAX_EXTRACT_BYTES,
@@ -238,7 +238,7 @@ def _outside(path: Path, root: Path) -> str | None:
     return f"a symbolic link to {target}, outside {root}"
 
 
-def copy_rsna_folder(src: Path, dest: Path, keep_test_images: bool = False) -> dict:
+def copy_rsna_folder(src: Path, dest: Path, keep_test_images: bool) -> dict:
     """Copy what the pipeline reads from an unpacked archive folder (never modifying it)."""
     src, dest = Path(src), Path(dest)
     names = [
@@ -503,19 +503,13 @@ def _assign_ids(items: list[dict], root: Path) -> None:
         item["group"] = patient_from_name(item["path"].stem) or stem
 
 
-def import_folder(
-    raw_dir: Path, path: str | Path | None, classes: Mapping[str, int] | None = None
-) -> dict:
+def import_folder(raw_dir: Path, path: str | Path | None, classes: Mapping[str, int]) -> dict:
     """Turn a tree of class folders into the Kaggle layout (images copied, labels without boxes).
 
     Class folders are found at any depth (Kermany has train/, test/ and val/ each holding NORMAL/
     and PNEUMONIA/); the images inside are searched recursively. Files are copied, never linked:
     DVC makes cached files read-only, which through a hard link would change the source.
     """
-    classes = dict(classes or {"NORMAL": 0, "PNEUMONIA": 1})
-    bad = {name: t for name, t in classes.items() if t not in (0, 1)}
-    if bad or not classes:
-        raise SourceError(f"data.folder.classes must map folder names to Target 0 or 1, got {bad}")
     if path is None:
         raise SourceError("data.folder.path is not set (a folder with one sub-folder per class)")
     root = Path(path).expanduser()

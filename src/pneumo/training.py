@@ -34,6 +34,7 @@ from torchmetrics.classification import (
 
 from pneumo.atomic import atomic_dir, atomic_path
 from pneumo.model import build_network
+from pneumo.params import TrainParams, kwargs_for
 
 # ----------------------------------------------------------------------------------------------
 # Losses
@@ -52,7 +53,7 @@ def pos_weight_from_targets(targets: np.ndarray) -> float:
 
 
 def resolve_pos_weight(
-    setting: float | Literal["auto"], targets: np.ndarray, balanced_sampling: bool = False
+    setting: float | Literal["auto"], targets: np.ndarray, balanced_sampling: bool
 ) -> float:
     """The number for BCE's ``pos_weight`` from the ``train.pos_weight`` setting.
 
@@ -61,14 +62,11 @@ def resolve_pos_weight(
     """
     if setting == "auto":
         return 1.0 if balanced_sampling else pos_weight_from_targets(targets)
-    value = float(setting)
-    if not value > 0:
-        raise ValueError(f"pos_weight must be 'auto' or a number > 0, got {setting!r}")
-    return value
+    return float(setting)
 
 
 def focal_loss(
-    logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, pos_weight: float = 1.0
+    logits: torch.Tensor, targets: torch.Tensor, gamma: float, pos_weight: float
 ) -> torch.Tensor:
     """Mean binary focal loss: BCE (positives weighted by ``pos_weight``) times ``(1 - p_t)^gamma``.
 
@@ -103,22 +101,25 @@ class PneumoniaClassifier(L.LightningModule):
     Inputs are normalised batches ``(B, 1, S, S)`` (the DataModule normalises and augments).
     Validation and test log loss, AUROC, accuracy, precision, recall and F1 (threshold 0.5) as
     ``val/<name>``; torchmetrics gathers their states over all processes before computing.
+    The constructor takes the ``train.*`` keys of these names (``kwargs_for``), ``pos_weight``
+    resolved to a number; they are the checkpoint's ``hyper_parameters``, in this order.
     """
 
     def __init__(
         self,
-        arch: str = "resnet18",
-        pretrained: bool = False,
-        weights_path: str | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-5,
-        scheduler: Literal["cosine", "plateau", "none"] = "cosine",
-        max_epochs: int = 20,
-        loss: Literal["bce", "focal"] = "bce",
-        pos_weight: float = 1.0,
-        focal_gamma: float = 2.0,
-        plateau_patience: int = 2,
-        last_stride: int = 2,
+        *,
+        arch: str,
+        pretrained: bool,
+        weights_path: str | None,
+        lr: float,
+        weight_decay: float,
+        scheduler: Literal["cosine", "plateau", "none"],
+        max_epochs: int,
+        loss: Literal["bce", "focal"],
+        pos_weight: float,
+        focal_gamma: float,
+        plateau_patience: int,
+        last_stride: int,
     ):
         super().__init__()
         if scheduler not in ("cosine", "plateau", "none"):
@@ -220,7 +221,8 @@ def network_from_checkpoint(path: str | Path) -> tuple[nn.Module, str]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     hparams = ckpt["hyper_parameters"]
     arch = hparams["arch"]
-    net = build_network(arch, pretrained=False, last_stride=hparams.get("last_stride", 2))
+    last_stride = hparams.get("last_stride", 2)  # checkpoints from before train.last_stride
+    net = build_network(arch, pretrained=False, weights_path=None, last_stride=last_stride)
     prefix = "net."
     state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     net.load_state_dict(state)
@@ -391,22 +393,14 @@ class FitResult:
 def fit(
     module: PneumoniaClassifier,
     datamodule: L.LightningDataModule,
+    p: TrainParams,
     *,
     checkpoint_dir: str | Path,
     live_dir: str | Path,
-    max_epochs: int,
-    early_stopping_patience: int,
-    accelerator: str = "auto",
-    devices: int | str = "auto",
-    strategy: str = "auto",
-    precision: str = "32",
-    deterministic: bool = True,
-    limit_train_batches: float = 1.0,
-    limit_val_batches: float = 1.0,
-    compile: bool = False,
-    progress_bar: bool = False,
+    progress_bar: bool,
 ) -> FitResult:
-    """Run Lightning's fit with a best-val-AUROC checkpoint, early stopping and dvclive."""
+    """Run Lightning's fit as ``p`` configures it, with a best-val-AUROC checkpoint, early
+    stopping and dvclive."""
     from dvclive.lightning import DVCLiveLogger  # dvclive imports dvc: only needed to train
 
     checkpoint_dir = Path(checkpoint_dir)
@@ -429,17 +423,10 @@ def fit(
         dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, log_model=False
     )
     trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        precision=precision,
-        max_epochs=max_epochs,
-        deterministic=deterministic,
-        limit_train_batches=limit_train_batches,
-        limit_val_batches=limit_val_batches,
+        **kwargs_for(L.Trainer, p),  # accelerator, devices, strategy, precision, max_epochs, ...
         callbacks=[
             checkpoint,
-            EarlyStopping(monitor="val/auroc", mode="max", patience=early_stopping_patience),
+            EarlyStopping(monitor="val/auroc", mode="max", patience=p.early_stopping_patience),
             history,
         ],
         logger=logger,
@@ -453,12 +440,12 @@ def fit(
     with warnings.catch_warnings():
         # measured (bench/train.py): memmap reads cost well under 1 % of a step, workers unneeded
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        if compile:
+        if p.compile:
             # only the network: compiling the whole module would trace self.log and recompile
             # per metric name; Module.compile keeps the state_dict keys unchanged
             module.net.compile()
         trainer.fit(module, datamodule=datamodule)
-    summary = training_summary(history.epochs, history.val_images, max_epochs)
+    summary = training_summary(history.epochs, history.val_images, p.max_epochs)
     return FitResult(
         best_checkpoint=Path(checkpoint.best_model_path),
         summary=summary,

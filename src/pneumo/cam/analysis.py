@@ -29,7 +29,7 @@ def random_network(arch: str, seed: int, last_stride: int = 2) -> nn.Module:
     """The architecture with seeded random weights, for the model-dependence sanity check."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_network(arch, pretrained=False, last_stride=last_stride)
+        net = build_network(arch, pretrained=False, weights_path=None, last_stride=last_stride)
     return net.eval()
 
 
