@@ -35,7 +35,8 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pneumo.preprocessing import SPLIT_COLUMNS, build_cache  # noqa: E402
+from pneumo.preprocessing import build_cache  # noqa: E402
+from pneumo.split_schema import PREPROCESS_COLUMNS  # noqa: E402
 from pneumo.synthetic import generate  # noqa: E402
 from pneumo.workers import available_cores  # noqa: E402
 
@@ -100,7 +101,7 @@ def write_split(raw: Path, split_dir: Path) -> None:
     for name in ("train", "val", "test"):
         with (split_dir / f"{name}.csv").open("w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(SPLIT_COLUMNS)
+            w.writerow(PREPROCESS_COLUMNS)
             for p in images if name == "train" else []:
                 rel = p.relative_to(raw).as_posix()
                 w.writerow([p.stem, p.stem, rel, 0, "Normal", "PA", "M", 50, json.dumps([])])

@@ -7,8 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from pneumo import sources, synthetic
+from pneumo import synthetic
 from pneumo.params import load_or_exit
+from pneumo.sources.folder import import_folder
+from pneumo.sources.layout import SourceError
+from pneumo.sources.rsna_source import fetch_rsna
 
 RAW = Path("data/raw")
 DOWNLOADS = Path("data/downloads")  # the Kaggle zip stays here between runs (not a DVC out)
@@ -24,12 +27,12 @@ def main() -> None:
             summary = synthetic.generate(RAW, s.n_patients, s.image_size, s.seed, s.workers)
         elif p.source == "rsna":
             r = p.rsna
-            summary = sources.fetch_rsna(
+            summary = fetch_rsna(
                 RAW, r.archive, r.competition, r.keep_test_images, download_dir=DOWNLOADS
             )
         else:
-            summary = sources.import_folder(RAW, p.folder.path, p.folder.classes)
-    except sources.SourceError as e:
+            summary = import_folder(RAW, p.folder.path, p.folder.classes)
+    except SourceError as e:
         sys.exit(f"download: {e}")
     print(json.dumps(summary))
 

@@ -42,8 +42,8 @@ from pneumo.deployment import (  # noqa: E402
     load_model,
     resolve_operating_point,
 )
-from pneumo.dicom import ImageReadError  # noqa: E402
 from pneumo.file_inference import Predictor  # noqa: E402
+from pneumo.image_io.errors import ImageReadError  # noqa: E402
 from pneumo.upload import FORM_OVERHEAD, UploadError, receive_upload  # noqa: E402
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # an uncompressed 16-bit 3000 x 3000 CR is ~18 MB

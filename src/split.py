@@ -6,9 +6,14 @@ import logging
 import sys
 from pathlib import Path
 
-from pneumo import labels
 from pneumo.atomic import write_json
+from pneumo.labels.errors import LabelError
+from pneumo.labels.split import split_patients
+from pneumo.labels.split_files import write_splits
+from pneumo.labels.summary import summarize
+from pneumo.labels.table import build_table
 from pneumo.params import load_or_exit
+from pneumo.split_schema import SPLITS
 
 RAW_DIR = Path("data/raw")
 OUT_DIR = Path("data/split")
@@ -19,17 +24,17 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="split: %(levelname)s %(message)s")
     p = load_or_exit("split")
     try:
-        table, flags = labels.build_table(RAW_DIR, max_age=p.max_age)
-        splits = labels.split_patients(
+        table, flags = build_table(RAW_DIR, max_age=p.max_age)
+        splits = split_patients(
             table, val_fraction=p.val_fraction, test_fraction=p.test_fraction, seed=p.seed
         )
-    except labels.LabelError as e:
+    except LabelError as e:
         # the message already names the file, line or key: a traceback would only bury it
         sys.exit(f"split: error: {e}")
-    labels.write_splits(splits, OUT_DIR)
-    summary = labels.summarize(splits, flags)
+    write_splits(splits, OUT_DIR)
+    summary = summarize(splits, flags)
     write_json(METRICS, summary)
-    for name in labels.SPLITS:
+    for name in SPLITS:
         s = summary[name]
         logging.info(
             "%-5s %6s images, %5s positive (%.1f %%), %s groups",

@@ -27,13 +27,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumo.dicom import (
-    MAX_PIXELS,
-    ImageReadError,
-    read_image,
-    read_image_with_notes,
-    read_meta,
-)
+from pneumo.image_io.errors import MAX_PIXELS, ImageReadError
+from pneumo.image_io.header import read_meta
+from pneumo.image_io.read import read_image, read_image_with_notes
 
 RNG = np.random.default_rng(0)
 
@@ -318,7 +314,7 @@ def test_broken_files_are_rejected_with_a_specific_reason(tmp_path):
 
 
 def test_enormous_header_is_rejected_before_decoding(tmp_path, monkeypatch):
-    import pneumo.dicom as reader
+    import pneumo.image_io.dicom as reader
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoder called for an enormous image")

@@ -21,9 +21,17 @@ from pydicom.misc import warn_and_log
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from conftest import run_stage
-from pneumo import labels as L
-from pneumo.dicom import read_meta
+from pneumo.image_io.header import read_meta
+from pneumo.labels.errors import LabelError
+from pneumo.labels.headers import read_headers
+from pneumo.labels.images import match_images
+from pneumo.labels.raw_csv import read_labels
+from pneumo.labels.split import split_patients
+from pneumo.labels.split_files import read_split, write_splits
+from pneumo.labels.summary import class_key, summarize
+from pneumo.labels.table import build_table, dedupe, flag_ages
 from pneumo.rsna import CLASS_INFO_CSV, LABELS_CSV, TRAIN_IMAGES
+from pneumo.split_schema import SPLIT_COLUMNS, SPLITS
 
 ROOT = Path(__file__).resolve().parents[1]
 LO, NLO, NORMAL = "Lung Opacity", "No Lung Opacity / Not Normal", "Normal"
@@ -118,8 +126,8 @@ def rsna_table(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
     raw = tmp_path_factory.mktemp("rsna")
     rows, classes = rsna_rows()
     write_csvs(raw, rows, classes)
-    rowlevel = L.read_labels(raw)
-    return rowlevel, L.dedupe(rowlevel)
+    rowlevel = read_labels(raw)
+    return rowlevel, dedupe(rowlevel)
 
 
 def with_views(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -156,7 +164,7 @@ def test_rsna_structure_dedupes_to_26684_patients(rsna_table):
 def test_dedupe_keeps_every_box_in_file_order(tmp_path):
     rows = [("a", None, 0), ("b", (1, 2, 3, 4), 1), ("b", (5.5, 6, 7, 8), 1), ("c", None, 0)]
     write_csvs(tmp_path, rows)
-    table = L.dedupe(L.read_labels(tmp_path))
+    table = dedupe(read_labels(tmp_path))
     assert table["patientId"].tolist() == ["a", "b", "c"]
     assert json.loads(table.loc[1, "boxes"]) == [[1, 2, 3, 4], [5.5, 6, 7, 8]]
     assert table["target"].tolist() == [0, 1, 0]
@@ -168,32 +176,32 @@ def test_dedupe_keeps_every_box_in_file_order(tmp_path):
 
 def test_unknown_target_names_line_and_value(tmp_path):
     write_csvs(tmp_path, [("a", None, 0), ("b", None, 2), ("c", None, "yes")])
-    with pytest.raises(L.LabelError, match=r"unknown Target.*line 3 \(patientId b, value '2'\)"):
-        L.read_labels(tmp_path)
+    with pytest.raises(LabelError, match=r"unknown Target.*line 3 \(patientId b, value '2'\)"):
+        read_labels(tmp_path)
 
 
 def test_conflicting_targets_name_the_patient(tmp_path):
     rows = [("a", None, 0), ("p1", None, 0), ("p1", (1, 2, 3, 4), 1)]
     write_csvs(tmp_path, rows)
-    with pytest.raises(L.LabelError, match=r"1 patient\(s\) with both Target 0 and Target 1.*p1"):
-        L.dedupe(L.read_labels(tmp_path))
+    with pytest.raises(LabelError, match=r"1 patient\(s\) with both Target 0 and Target 1.*p1"):
+        dedupe(read_labels(tmp_path))
 
 
 def test_conflicting_classes_name_the_patient(tmp_path):
     rows = [("a", None, 0), ("a", None, 0)]
     write_csvs(tmp_path, rows, classes=[("a", NORMAL), ("a", NLO)])
-    with pytest.raises(L.LabelError, match=r"different classes: a$"):
-        L.dedupe(L.read_labels(tmp_path))
+    with pytest.raises(LabelError, match=r"different classes: a$"):
+        dedupe(read_labels(tmp_path))
 
 
 def test_misaligned_class_file(tmp_path):
     rows = [("a", None, 0), ("b", None, 0), ("c", None, 0)]
     write_csvs(tmp_path, rows, classes=[("a", NORMAL), ("c", NORMAL), ("b", NORMAL)])
-    with pytest.raises(L.LabelError, match=r"not row-aligned.*line 3.*'b'.*'c'"):
-        L.read_labels(tmp_path)
+    with pytest.raises(LabelError, match=r"not row-aligned.*line 3.*'b'.*'c'"):
+        read_labels(tmp_path)
     write_csvs(tmp_path, rows, classes=[("a", NORMAL), ("b", NORMAL)])
-    with pytest.raises(L.LabelError, match=r"has 2 rows but .* has 3: .*row-aligned"):
-        L.read_labels(tmp_path)
+    with pytest.raises(LabelError, match=r"has 2 rows but .* has 3: .*row-aligned"):
+        read_labels(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -208,44 +216,44 @@ def test_misaligned_class_file(tmp_path):
 )
 def test_row_errors(tmp_path, rows, classes, message):
     write_csvs(tmp_path, rows, classes)
-    with pytest.raises(L.LabelError, match=message):
-        L.read_labels(tmp_path)
+    with pytest.raises(LabelError, match=message):
+        read_labels(tmp_path)
 
 
 def test_image_level_labels_without_any_box_are_allowed(tmp_path):
     # the folder source: PNEUMONIA rows are Target 1 with no box anywhere in the file
     rows = [("n1", None, 0), ("p1", None, 1)]
     write_csvs(tmp_path, rows, classes=[("n1", "NORMAL"), ("p1", "PNEUMONIA")])
-    table = L.dedupe(L.read_labels(tmp_path))
+    table = dedupe(read_labels(tmp_path))
     assert table["target"].tolist() == [0, 1] and table["boxes"].tolist() == ["[]", "[]"]
 
 
 def test_bad_csv_shapes(tmp_path):
-    with pytest.raises(L.LabelError, match=r"stage_2_train_labels.csv not found"):
-        L.read_labels(tmp_path)
+    with pytest.raises(LabelError, match=r"stage_2_train_labels.csv not found"):
+        read_labels(tmp_path)
     (tmp_path / LABELS_CSV).write_text("patientId,x,y,Target\na,,,0\n")
     (tmp_path / CLASS_INFO_CSV).write_text("patientId,class\na,Normal\n")
-    with pytest.raises(L.LabelError, match=r"missing column\(s\) width, height"):
-        L.read_labels(tmp_path)
+    with pytest.raises(LabelError, match=r"missing column\(s\) width, height"):
+        read_labels(tmp_path)
     (tmp_path / LABELS_CSV).write_text("patientId,x,y,width,height,Target\na,abc,1,2,3,1\n")
-    with pytest.raises(L.LabelError, match=r"x is not a finite number on line 2.*'abc'"):
-        L.read_labels(tmp_path)
+    with pytest.raises(LabelError, match=r"x is not a finite number on line 2.*'abc'"):
+        read_labels(tmp_path)
 
 
 def test_missing_image_is_an_error(tmp_path):
     ids = make_raw(tmp_path, n_neg=3, n_pos=1)
     (tmp_path / TRAIN_IMAGES / f"{ids[1]}.dcm").unlink()
-    table = L.dedupe(L.read_labels(tmp_path))
-    with pytest.raises(L.LabelError, match=rf"1 labelled patientId\(s\) have no image.*{ids[1]}"):
-        L.match_images(table, tmp_path)
+    table = dedupe(read_labels(tmp_path))
+    with pytest.raises(LabelError, match=rf"1 labelled patientId\(s\) have no image.*{ids[1]}"):
+        match_images(table, tmp_path)
 
 
 def test_two_files_for_one_patient_is_an_error(tmp_path):
     ids = make_raw(tmp_path, n_neg=2, n_pos=1)
     Image.new("L", (8, 8)).save(tmp_path / TRAIN_IMAGES / f"{ids[0]}.png")
-    table = L.dedupe(L.read_labels(tmp_path))
-    with pytest.raises(L.LabelError, match=rf"more than one image file: {ids[0]}"):
-        L.match_images(table, tmp_path)
+    table = dedupe(read_labels(tmp_path))
+    with pytest.raises(LabelError, match=rf"more than one image file: {ids[0]}"):
+        match_images(table, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,9 +274,9 @@ def test_build_table_reads_headers_and_flags(tmp_path, caplog):
     (images / "notes.txt").write_text("not an image")
 
     with caplog.at_level(logging.INFO):
-        table, flags = L.build_table(tmp_path, max_age=120)
+        table, flags = build_table(tmp_path, max_age=120)
 
-    assert list(table.columns) == L.COLUMNS
+    assert list(table.columns) == list(SPLIT_COLUMNS)
     assert flags == {"impossible_age": 1, "images_without_labels": 1, "unreadable_header": 1}
     t = table.set_index("patientId")
     assert t.loc[ids[0], ["view", "sex", "age", "age_flag"]].tolist() == ["AP", "F", 155, 1]
@@ -297,18 +305,18 @@ def test_read_headers_silences_pydicom_and_counts(tmp_path, caplog):
     with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         caplog.clear()
-        meta, unreadable = L.read_headers(paths, workers=3, reader=noisy_reader)
+        meta, unreadable = read_headers(paths, workers=3, reader=noisy_reader)
     assert meta["age"].tolist() == [30, 31, 32, 33, 34, 35] and unreadable == {}
     assert not [w for w in caught if "VR AS" in str(w.message)]
     assert not [r for r in caplog.records if r.name == "pydicom"]
-    summary = [r.getMessage() for r in caplog.records if r.name == "pneumo.labels"]
+    summary = [r.getMessage() for r in caplog.records if r.name == "pneumo.labels.headers"]
     assert len(summary) == 1 and "6 x 'Invalid value for VR AS'" in summary[0]
     assert not logging.getLogger("pydicom").filters  # the counter is removed afterwards
 
 
 def test_flag_ages():
     age = pd.array([5, None, 120, 121, 155], dtype="Int64")
-    assert L.flag_ages(pd.Series(age), 120).tolist() == [0, 0, 0, 1, 1]
+    assert flag_ages(pd.Series(age), 120).tolist() == [0, 0, 0, 1, 1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,7 +325,7 @@ def test_flag_ages():
 
 def test_split_rsna_scale_is_stratified_without_leakage(rsna_table):
     table = with_views(rsna_table[1])
-    splits = L.split_patients(table, val_fraction=0.15, test_fraction=0.15, seed=42)
+    splits = split_patients(table, val_fraction=0.15, test_fraction=0.15, seed=42)
     assert sum(len(s) for s in splits.values()) == len(table)
     seen: set[str] = set()
     for s in splits.values():
@@ -342,12 +350,12 @@ def test_split_rsna_scale_is_stratified_without_leakage(rsna_table):
 
 def test_split_is_deterministic_and_order_independent(rsna_table):
     table = with_views(rsna_table[1]).iloc[:4000]
-    a = L.split_patients(table, 0.15, 0.15, seed=7)
-    b = L.split_patients(table, 0.15, 0.15, seed=7)
+    a = split_patients(table, 0.15, 0.15, seed=7)
+    b = split_patients(table, 0.15, 0.15, seed=7)
     shuffled = table.sample(frac=1.0, random_state=1)
-    c = L.split_patients(shuffled, 0.15, 0.15, seed=7)
-    d = L.split_patients(table, 0.15, 0.15, seed=8)
-    for name in L.SPLITS:
+    c = split_patients(shuffled, 0.15, 0.15, seed=7)
+    d = split_patients(table, 0.15, 0.15, seed=8)
+    for name in SPLITS:
         pd.testing.assert_frame_equal(a[name], b[name])
         assert set(a[name]["patientId"]) == set(c[name]["patientId"])
     assert set(a["test"]["patientId"]) != set(d["test"]["patientId"])
@@ -359,7 +367,7 @@ def test_groups_stay_together(rsna_table):
     # patients with 1 to 6 images each (the folder source's person12_bacteria_45 naming)
     sizes = rng.integers(1, 7, 1000)
     table["groupId"] = np.repeat([f"person{i}" for i in range(1000)], sizes)[: len(table)]
-    splits = L.split_patients(table, 0.2, 0.1, seed=0)
+    splits = split_patients(table, 0.2, 0.1, seed=0)
     owner = {}
     for name, s in splits.items():
         for g in s["groupId"]:
@@ -378,12 +386,12 @@ def test_both_classes_in_every_split_or_a_clear_error():
         }
     )
     table["groupId"] = table["patientId"]
-    splits = L.split_patients(table, 0.15, 0.15, seed=0)
+    splits = split_patients(table, 0.15, 0.15, seed=0)
     for s in splits.values():
         assert set(s["target"]) == {0, 1}
     few = table.iloc[3:]  # 4 positives: 0.15 x 4 rounds to none for val and test
-    with pytest.raises(L.LabelError, match=r"the \w+ split would have no positive image.*4 pos"):
-        L.split_patients(few, 0.1, 0.1, seed=0)
+    with pytest.raises(LabelError, match=r"the \w+ split would have no positive image.*4 pos"):
+        split_patients(few, 0.1, 0.1, seed=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,9 +401,9 @@ def test_both_classes_in_every_split_or_a_clear_error():
 def test_summarize_and_write_round_trip(tmp_path):
     raw = tmp_path / "raw"
     make_raw(raw, n_neg=30, n_pos=12)
-    table, flags = L.build_table(raw, max_age=120)
-    splits = L.split_patients(table, 0.2, 0.2, seed=0)
-    summary = L.summarize(splits, flags)
+    table, flags = build_table(raw, max_age=120)
+    splits = split_patients(table, 0.2, 0.2, seed=0)
+    summary = summarize(splits, flags)
     assert set(summary) == {"train", "val", "test", "total", "flags"}
     total = summary["total"]
     assert total["n"] == 42 and total["positive"] == 12 and total["prevalence"] == round(12 / 42, 4)
@@ -403,24 +411,26 @@ def test_summarize_and_write_round_trip(tmp_path):
     assert total["class"] == {"lung_opacity": 12, "normal": 30}
     assert total["view"] == {"PA": 28, "AP": 14, "unknown": 0}
     for key in ("n", "positive", "boxes"):
-        assert sum(summary[s][key] for s in L.SPLITS) == total[key]
+        assert sum(summary[s][key] for s in SPLITS) == total[key]
     assert set(summary["test"]["class"]) == set(total["class"])  # stable keys, zeros included
     json.dumps(summary)
 
     out = tmp_path / "split"
-    L.write_splits(splits, out)
-    L.write_splits(splits, out)  # replacing a finished output works too
+    write_splits(splits, out)
+    write_splits(splits, out)  # replacing a finished output works too
     assert sorted(os.listdir(tmp_path)) == ["raw", "split"]  # no temp folder left behind
-    for name in L.SPLITS:
+    for name in SPLITS:
         with (out / f"{name}.csv").open() as f:
-            assert f.readline().strip() == ",".join(L.COLUMNS)
-        back = L.read_split(out / f"{name}.csv")
-        pd.testing.assert_frame_equal(back, splits[name][L.COLUMNS].reset_index(drop=True))
+            assert f.readline().strip() == ",".join(SPLIT_COLUMNS)
+        back = read_split(out / f"{name}.csv")
+        pd.testing.assert_frame_equal(
+            back, splits[name][list(SPLIT_COLUMNS)].reset_index(drop=True)
+        )
 
 
 def test_class_keys_read_well():
-    assert [L.class_key(c) for c in (LO, NLO, NORMAL)] == ["lung_opacity", "not_normal", "normal"]
-    assert L.class_key("PNEUMONIA") == "pneumonia" and L.class_key("Viral / bacterial") == (
+    assert [class_key(c) for c in (LO, NLO, NORMAL)] == ["lung_opacity", "not_normal", "normal"]
+    assert class_key("PNEUMONIA") == "pneumonia" and class_key("Viral / bacterial") == (
         "viral_bacterial"
     )
 
@@ -433,8 +443,8 @@ def test_stage_script_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "metrics" / "split.json").read_text())
     assert metrics["total"]["n"] == 42 and metrics["flags"]["impossible_age"] == 0
-    for name in L.SPLITS:
-        assert len(L.read_split(tmp_path / "data" / "split" / f"{name}.csv")) == metrics[name]["n"]
+    for name in SPLITS:
+        assert len(read_split(tmp_path / "data" / "split" / f"{name}.csv")) == metrics[name]["n"]
     assert "train" in done.stderr and "positive" in done.stderr
 
     (tmp_path / "data" / "raw" / LABELS_CSV).write_text("patientId,x,y,width,height,Target\n")
@@ -447,7 +457,7 @@ def test_read_headers_survives_the_dicom_zoo(dicom_zoo, caplog):
     """217 real-world files (odd syntaxes, no file meta, no pixels): a meta or a reason for each."""
     files = sorted((dicom_zoo / "files").iterdir())
     with caplog.at_level(logging.INFO):
-        meta, unreadable = L.read_headers(files)
+        meta, unreadable = read_headers(files)
     assert len(meta) == len(files) > 200
     assert set(meta["view"]) <= {"PA", "AP", ""} and set(meta["sex"]) <= {"M", "F", ""}
     assert (meta["view"] != "").any() and meta["age"].notna().any()

@@ -20,12 +20,13 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 import predict as predict_script
 from conftest import TINY_MODEL_SIZE
 from pneumo.deployment import load_model, model_identity, resolve_operating_point
-from pneumo.dicom import ImageReadError
 from pneumo.file_inference import find_images, load_images, predict_files
+from pneumo.image_io.errors import ImageReadError
 from pneumo.imaging import load_for_model, load_square
 from pneumo.model import predict_proba
-from pneumo.preprocessing import SPLIT_COLUMNS, build_cache
+from pneumo.preprocessing import build_cache
 from pneumo.results import CAM_PANEL, Failure, Prediction, cam_names
+from pneumo.split_schema import PREPROCESS_COLUMNS
 from pneumo.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def jsonl(text: str) -> list[dict]:
 
 def _write_split(path: Path, raw: Path, files: list[Path]) -> None:
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SPLIT_COLUMNS, restval="")
+        w = csv.DictWriter(f, fieldnames=PREPROCESS_COLUMNS, restval="")
         w.writeheader()
         for i, file in enumerate(files):
             rel = str(file.relative_to(raw))

@@ -21,15 +21,15 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 import pneumo.conversion as conversion
 from conftest import run_stage
-from pneumo.dicom import read_image
+from pneumo.image_io.read import read_image
 from pneumo.imaging import fit_to_square, load_for_model
 from pneumo.preprocessing import (
     INDEX_COLUMNS,
-    SPLIT_COLUMNS,
     TooManyRejectedError,
     build_cache,
     pixel_stats,
 )
+from pneumo.split_schema import SPLIT_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(1)
@@ -163,7 +163,7 @@ def make_tree(root: Path) -> dict[str, list[dict]]:
     split_dir.mkdir(parents=True)
     for split, recs in rows.items():
         with (split_dir / f"{split}.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=SPLIT_COLUMNS + ("age_flag",), lineterminator="\n")
+            w = csv.DictWriter(f, fieldnames=SPLIT_COLUMNS, lineterminator="\n")
             w.writeheader()
             w.writerows(recs)
     return rows

@@ -18,9 +18,12 @@ from PIL import Image
 
 from conftest import write_params
 from fixtures import KAGGLE_ZIP_NAME, write_kaggle_zip
-from pneumo import sources
 from pneumo.rsna import CLASS_INFO_CSV, LABELS_CSV, TEST_IMAGES, TRAIN_IMAGES
-from pneumo.sources import SourceError
+from pneumo.sources.archive import extract_rsna_zip
+from pneumo.sources.folder import import_folder, patient_from_name, sniff_image
+from pneumo.sources.kaggle_download import kaggle_credentials
+from pneumo.sources.layout import SourceError, check_raw
+from pneumo.sources.rsna_source import fetch_rsna
 from pneumo.synthetic import generate
 from pneumo.synthetic.files import to_dicom, write_dicom
 from pneumo.synthetic.render import synthesize
@@ -32,7 +35,7 @@ FOLDER_CLASSES = {"NORMAL": 0, "PNEUMONIA": 1}
 def _fetch(raw: Path, archive: Path | None, **settings) -> dict:
     """``fetch_rsna`` with params.yaml's data.rsna settings unless given."""
     rsna = {"competition": "rsna-pneumonia-detection-challenge", "keep_test_images": False}
-    return sources.fetch_rsna(raw, archive=archive, **rsna | settings)
+    return fetch_rsna(raw, archive=archive, **rsna | settings)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -230,7 +233,7 @@ def no_kaggle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_missing_credentials_message(no_kaggle: Path, tmp_path: Path) -> None:
-    assert sources.kaggle_credentials() is None
+    assert kaggle_credentials() is None
     with pytest.raises(SourceError) as err:
         _fetch(tmp_path / "raw", archive=None, download_dir=tmp_path / "dl")
     msg = str(err.value)
@@ -254,28 +257,28 @@ def test_credentials_found_where_the_client_looks(
 ) -> None:
     home = no_kaggle
     monkeypatch.setenv("KAGGLE_API_TOKEN", "tok")
-    assert "KAGGLE_API_TOKEN" in sources.kaggle_credentials()
+    assert "KAGGLE_API_TOKEN" in kaggle_credentials()
     monkeypatch.delenv("KAGGLE_API_TOKEN")
     monkeypatch.setenv("KAGGLE_USERNAME", "me")
-    assert sources.kaggle_credentials() is None  # a user name alone is not enough
+    assert kaggle_credentials() is None  # a user name alone is not enough
     monkeypatch.setenv("KAGGLE_KEY", "secret")
-    assert "KAGGLE_USERNAME" in sources.kaggle_credentials()
+    assert "KAGGLE_USERNAME" in kaggle_credentials()
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
     cfg = tmp_path / "cfg"
     cfg.mkdir()
     (cfg / "kaggle.json").write_text('{"username": "me", "key": "secret"}')
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(cfg))
-    assert str(cfg / "kaggle.json") in sources.kaggle_credentials()
+    assert str(cfg / "kaggle.json") in kaggle_credentials()
     monkeypatch.delenv("KAGGLE_CONFIG_DIR")
     xdg = home / ".config" / "kaggle"  # used on Linux when ~/.kaggle does not exist
     xdg.mkdir(parents=True)
     (xdg / "kaggle.json").write_text('{"username": "me", "key": "secret"}')
-    assert str(xdg / "kaggle.json") in sources.kaggle_credentials()
+    assert str(xdg / "kaggle.json") in kaggle_credentials()
     (xdg / "kaggle.json").unlink()
     (home / ".kaggle").mkdir()
     (home / ".kaggle" / "access_token").write_text("tok\n")
-    assert "access_token" in sources.kaggle_credentials()
+    assert "access_token" in kaggle_credentials()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ def test_folder_source_builds_the_kaggle_layout(
 ) -> None:
     before = tree_digest(kermany)
     raw = tmp_path / "data" / "raw"
-    summary = sources.import_folder(raw, kermany, {"NORMAL": 0, "PNEUMONIA": 1})
+    summary = import_folder(raw, kermany, {"NORMAL": 0, "PNEUMONIA": 1})
     assert tree_digest(kermany) == before  # source untouched
     labels = _read_csv(raw / LABELS_CSV)
     classes = _read_csv(raw / CLASS_INFO_CSV)
@@ -377,7 +380,7 @@ def test_folder_custom_class_names(tmp_path: Path) -> None:
     _png(root / "healthy" / "a.png", 1)
     _png(root / "sick" / "b.png", 2)
     raw = tmp_path / "raw"
-    summary = sources.import_folder(raw, root, {"healthy": 0, "sick": 1})
+    summary = import_folder(raw, root, {"healthy": 0, "sick": 1})
     assert summary["classes"] == {"healthy": 1, "sick": 1}
     rows = {r["patientId"]: r["Target"] for r in _read_csv(raw / LABELS_CSV)}
     assert rows == {"a": "0", "b": "1"}
@@ -387,20 +390,20 @@ def test_folder_errors_name_the_path(tmp_path: Path) -> None:
     root = tmp_path / "set"
     _png(root / "NORMAL" / "a.png", 1)
     with pytest.raises(SourceError, match=r"no folder named PNEUMONIA") as err:
-        sources.import_folder(tmp_path / "raw", root, {"NORMAL": 0, "PNEUMONIA": 1})
+        import_folder(tmp_path / "raw", root, {"NORMAL": 0, "PNEUMONIA": 1})
     assert str(root) in str(err.value)
     (root / "PNEUMONIA").mkdir()
     (root / "PNEUMONIA" / "readme.md").write_text("x")
     with pytest.raises(SourceError, match="class PNEUMONIA: no PNG, JPEG or DICOM") as err:
-        sources.import_folder(tmp_path / "raw", root, {"NORMAL": 0, "PNEUMONIA": 1})
+        import_folder(tmp_path / "raw", root, {"NORMAL": 0, "PNEUMONIA": 1})
     assert str(root / "PNEUMONIA") in str(err.value)
     with pytest.raises(SourceError, match="data.folder.path is not set"):
-        sources.import_folder(tmp_path / "raw", None, FOLDER_CLASSES)
+        import_folder(tmp_path / "raw", None, FOLDER_CLASSES)
     with pytest.raises(SourceError, match="is not a folder"):
-        sources.import_folder(tmp_path / "raw", tmp_path / "missing", FOLDER_CLASSES)
+        import_folder(tmp_path / "raw", tmp_path / "missing", FOLDER_CLASSES)
     shutil.copyfile(root / "NORMAL" / "a.png", root / "PNEUMONIA" / "a2.png")
     with pytest.raises(SourceError, match="same image under two classes"):
-        sources.import_folder(tmp_path / "raw", root, FOLDER_CLASSES)
+        import_folder(tmp_path / "raw", root, FOLDER_CLASSES)
     assert not (tmp_path / "raw").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no temp dir left
 
@@ -416,7 +419,7 @@ def test_folder_on_real_images(real_cxr: Path, tmp_path: Path) -> None:
             (root / cls).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(real_cxr / name, root / cls / Path(name).name)
     raw = tmp_path / "raw"
-    summary = sources.import_folder(raw, root, FOLDER_CLASSES)
+    summary = import_folder(raw, root, FOLDER_CLASSES)
     assert summary["n_images"] == 5 and summary["classes"] == {"NORMAL": 2, "PNEUMONIA": 3}
     rows = {r["patientId"]: r for r in _read_csv(raw / LABELS_CSV)}
     assert rows["00000001_000"]["groupId"] == "00000001"  # NIH: patient_follow-up
@@ -432,18 +435,18 @@ def test_sniff_image(tmp_path: Path) -> None:
     _dicom(tmp_path / "c")
     (tmp_path / "d.dcm").write_bytes(b"\x08\x00\x05\x00")  # preamble-less: preprocess decides
     (tmp_path / "e.png").write_text("text")
-    assert sources.sniff_image(tmp_path / "a.jpg") == ".png"
-    assert sources.sniff_image(tmp_path / "b.JPEG") == ".jpeg"
-    assert sources.sniff_image(tmp_path / "c") == ".dcm"
-    assert sources.sniff_image(tmp_path / "d.dcm") == ".dcm"
-    assert sources.sniff_image(tmp_path / "e.png") is None
+    assert sniff_image(tmp_path / "a.jpg") == ".png"
+    assert sniff_image(tmp_path / "b.JPEG") == ".jpeg"
+    assert sniff_image(tmp_path / "c") == ".dcm"
+    assert sniff_image(tmp_path / "d.dcm") == ".dcm"
+    assert sniff_image(tmp_path / "e.png") is None
 
 
 def test_patient_from_name() -> None:
-    assert sources.patient_from_name("person1_bacteria_1_jpeg.rf.0b1c2d") == "person1"
-    assert sources.patient_from_name("NORMAL2-IM-1427-0001") == "NORMAL2-IM-1427"
-    assert sources.patient_from_name("00030805_000") == "00030805"
-    assert sources.patient_from_name("scan") is None
+    assert patient_from_name("person1_bacteria_1_jpeg.rf.0b1c2d") == "person1"
+    assert patient_from_name("NORMAL2-IM-1427-0001") == "NORMAL2-IM-1427"
+    assert patient_from_name("00030805_000") == "00030805"
+    assert patient_from_name("scan") is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,7 +461,7 @@ def test_download_stage_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.chdir(tmp_path)
     download.main()
     raw = tmp_path / "data" / "raw"
-    sources.check_raw(raw)
+    check_raw(raw)
     assert len(list((raw / TRAIN_IMAGES).glob("*.dcm"))) == 5
     assert '"n_patients": 5' in capsys.readouterr().out
     write_params(tmp_path, {"data": {"source": "folder", "folder": {"path": str(tmp_path / "x")}}})
@@ -470,13 +473,13 @@ def test_download_stage_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 def test_check_raw_names_missing(tmp_path: Path) -> None:
     (tmp_path / LABELS_CSV).write_text("patientId,x,y,width,Target\n")
     with pytest.raises(SourceError) as err:
-        sources.check_raw(tmp_path)
+        check_raw(tmp_path)
     assert CLASS_INFO_CSV in str(err.value) and TRAIN_IMAGES in str(err.value)
     (tmp_path / CLASS_INFO_CSV).write_text("patientId,class\n")
     (tmp_path / TRAIN_IMAGES).mkdir()
     (tmp_path / TRAIN_IMAGES / "a.dcm").write_bytes(b"")
     with pytest.raises(SourceError, match="lacks column"):
-        sources.check_raw(tmp_path)
+        check_raw(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -504,12 +507,10 @@ def test_zip_bomb_is_refused_before_anything_is_written(small_raw: Path, tmp_pat
 
 def test_zip_total_size_limit_names_the_archive(kaggle_zip: Path, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"refusing to extract [\d,]+ bytes, more than the limit"):
-        sources.extract_rsna_zip(kaggle_zip, tmp_path, False, max_bytes=1000)
+        extract_rsna_zip(kaggle_zip, tmp_path, False, max_bytes=1000)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "ok").mkdir()
-    counts = sources.extract_rsna_zip(
-        kaggle_zip, tmp_path / "ok", False
-    )  # within the default limits
+    counts = extract_rsna_zip(kaggle_zip, tmp_path / "ok", False)  # within the default limits
     assert counts["n_train_images"] > 0
 
 
@@ -519,7 +520,7 @@ def test_folder_source_refuses_a_link_leading_outside(kermany: Path, tmp_path: P
     (kermany / "train" / "NORMAL" / "innocent.png").symlink_to(secret)
     raw = tmp_path / "data" / "raw"
     with pytest.raises(SourceError) as err:
-        sources.import_folder(raw, kermany, {"NORMAL": 0, "PNEUMONIA": 1})
+        import_folder(raw, kermany, {"NORMAL": 0, "PNEUMONIA": 1})
     assert "innocent.png: a symbolic link to" in str(err.value) and "outside" in str(err.value)
     assert not raw.exists() and not list(raw.parent.glob(".raw.*"))
     # a link that stays inside the folder is read like the file it names
@@ -528,7 +529,7 @@ def test_folder_source_refuses_a_link_leading_outside(kermany: Path, tmp_path: P
         kermany / "val" / "PNEUMONIA" / "x y(1).png"
     )
     with pytest.raises(SourceError, match="same image under two classes"):
-        sources.import_folder(raw, kermany, {"NORMAL": 0, "PNEUMONIA": 1})
+        import_folder(raw, kermany, {"NORMAL": 0, "PNEUMONIA": 1})
 
 
 def test_unpacked_rsna_folder_refuses_a_link_leading_outside(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pneumo.dicom import ImageReadError
+from pneumo.image_io.errors import ImageReadError
 from pneumo.imaging import SquareTransform, load_square
 from pneumo.workers import die_with_parent, process_pool
 

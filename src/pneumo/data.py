@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-SPLITS = ("train", "val", "test")
 STATS_KEYS = ("mean", "std", "image_size", "resize_mode")
 
 

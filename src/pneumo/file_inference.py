@@ -26,7 +26,7 @@ import numpy as np
 
 from pneumo.cam.maps import METHODS, compute_maps
 from pneumo.deployment import model_identity
-from pneumo.dicom import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageReadError
+from pneumo.image_io.errors import ImageReadError
 from pneumo.imaging import SquareImage, load_square
 from pneumo.model import Exported, normalize, predict_proba
 from pneumo.operating_point import OperatingPoint
@@ -37,7 +37,7 @@ from pneumo.results import (
     heatmap_png,
     record,
 )
-from pneumo.sniff import sniff_file
+from pneumo.sniff import DICOM_SUFFIXES, IMAGE_SUFFIXES, sniff_file
 
 
 @dataclass

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumo.dicom import ImageReadError, read_image_with_notes
+from pneumo.image_io.errors import ImageReadError
+from pneumo.image_io.read import read_image_with_notes
 
 RESIZE_MODES = ("pad", "crop", "stretch")
 # Pillow's BILINEAR resize is a true area filter when shrinking (its support widens with the

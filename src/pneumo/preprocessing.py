@@ -24,10 +24,9 @@ from pneumo.atomic import atomic_dir
 from pneumo.boxes import parse_boxes
 from pneumo.conversion import Chunk, convert_chunks
 from pneumo.imaging import RESIZE_MODES, SquareTransform
+from pneumo.split_schema import PREPROCESS_COLUMNS, SPLITS
 from pneumo.workers import n_workers
 
-SPLITS = ("train", "val", "test")
-SPLIT_COLUMNS = ("patientId", "groupId", "image", "target", "class", "view", "sex", "age", "boxes")
 INDEX_COLUMNS = ("patientId", "groupId", "target", "class", "view", "sex", "age", "boxes")
 REJECTED_COLUMNS = ("file", "patientId", "split", "reason")
 _COPY_BLOCK = 256  # rows per block when compacting an array: ~13 MB at 224 px
@@ -55,7 +54,7 @@ def read_split_csv(path: Path) -> list[SplitRow]:
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in SPLIT_COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in PREPROCESS_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise PreprocessError(f"{path}: missing column(s) {', '.join(missing)}")
             rows = []

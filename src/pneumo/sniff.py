@@ -1,14 +1,17 @@
-"""What a file's first bytes say it is: PNG, JPEG, DICOM (the ``DICM`` marker), or another format.
+"""What a file is: PNG, JPEG, DICOM (the ``DICM`` marker) or another format, by content or suffix.
 
-The one definition of these signatures, used by the image reader (``pneumo.dicom``), the folder
-source (``pneumo.sources``) and the predict command's folder walk. It is a module of its own so
-that the download stage, which sniffs the files it imports, does not depend on the DICOM reader.
+The one definition of these signatures and suffixes, used by the image reader
+(``pneumo.image_io``), the folder source (``pneumo.sources.folder``) and the predict command's
+folder walk. It is a module of its own so that the download stage, which sniffs the files it
+imports, does not depend on the image reader.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 HEAD_BYTES = 132  # a DICOM file's 128-byte preamble and its "DICM" marker
 
 

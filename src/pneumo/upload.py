@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from pneumo.dicom import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from pneumo.sniff import DICOM_SUFFIXES, IMAGE_SUFFIXES
 
 
 class UploadError(Exception):
