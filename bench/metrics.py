@@ -15,18 +15,14 @@ On ``--n`` synthetic scores (300, the size of the default profile's val and test
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from pneumo.bootstrap import batched_auroc, resample_indices  # noqa: E402
-from pneumo.operating_point import threshold_for_sensitivity  # noqa: E402
+from pneumo.bootstrap import batched_auroc, resample_indices
+from pneumo.operating_point import threshold_for_sensitivity
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:

@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STEPS = """
 import statistics, sys, time
-sys.path.insert(0, "src")
 import torch, torch.nn.functional as F
 from pneumo.model import build_network
 size, batch, steps = map(int, sys.argv[1:4])

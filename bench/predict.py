@@ -35,12 +35,11 @@ from pathlib import Path
 # the same OpenMP setting as src/predict.py and src/serve.py, so both rates see the same runtime
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import httpx
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from pneumo.deployment import load_model  # noqa: E402
 from pneumo.file_inference import predict_files  # noqa: E402
@@ -55,7 +54,7 @@ IMAGES = "raw/stage_2_train_images"
 
 # Runs in a fresh interpreter: the same steps as the command, timed one by one.
 BREAKDOWN = """
-import sys, time; t0 = time.perf_counter(); sys.path.insert(0, "src")
+import sys, time; t0 = time.perf_counter()
 from pathlib import Path
 from pneumo.imaging import load_square
 from pneumo.deployment import load_model

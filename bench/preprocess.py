@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import csv
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -33,12 +32,10 @@ import numpy as np
 import psutil
 import pydicom
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from pneumo.preprocessing import build_cache  # noqa: E402
-from pneumo.split_schema import PREPROCESS_COLUMNS  # noqa: E402
-from pneumo.synthetic import generate  # noqa: E402
-from pneumo.workers import available_cores  # noqa: E402
+from pneumo.preprocessing import build_cache
+from pneumo.split_schema import PREPROCESS_COLUMNS
+from pneumo.synthetic import generate
+from pneumo.workers import available_cores
 
 TARGET_RATIO = 1.8
 TARGET_PEAK_MB = 1024

@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # the blob dataset is a test fixture
 
 import lightning as L  # noqa: E402

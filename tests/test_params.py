@@ -154,7 +154,6 @@ def test_train_reports_bad_params_before_importing_torch(tmp_path: Path) -> None
     write_params(tmp_path, {"train": {"lrr": 1}})
     probe = (
         "import runpy, sys; sys.argv = ['train.py'];"
-        f"sys.path.insert(0, {str(ROOT / 'src')!r});"
         "code = 0\n"
         "try:\n"
         f"    runpy.run_path({str(ROOT / 'src' / 'train.py')!r}, run_name='__main__')\n"

@@ -20,7 +20,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR
 POOL = """
 import multiprocessing, os, sys, time
 from concurrent.futures import ProcessPoolExecutor
-sys.path.insert(0, {src!r})
 from pneumo.workers import die_with_parent
 ctx = multiprocessing.get_context({method!r})
 with ProcessPoolExecutor(2, mp_context=ctx, initializer=die_with_parent,
