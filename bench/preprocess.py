@@ -141,6 +141,7 @@ def main() -> None:
                 max_rejected_fraction=0.0,
                 workers=workers,
                 chunk_size=args.chunk_size,
+                file_timeout_s=120,
                 progress=False,
             )
         )
