@@ -117,6 +117,10 @@ def test_the_committed_params_are_valid_and_complete() -> None:
             "params.yaml: evaluate: age_bands must be increasing, got [0, 60, 40]",
         ),
         (
+            lambda d: d["cam"].update(alpha=1.5),
+            "params.yaml: cam.alpha must be less than or equal to 1",
+        ),
+        (
             lambda d: d["preprocess"].update(resize_mode="zoom"),
             "params.yaml: preprocess.resize_mode must be 'pad', 'crop' or 'stretch', got 'zoom'",
         ),
