@@ -89,7 +89,7 @@ def prepare(work: Path, n: int, image_size: int | None) -> tuple[Path, list[Path
     files = sorted((work / IMAGES).glob("*.dcm"))
     if len(files) < n:
         print(f"generating {n} RSNA-format 1024 x 1024 DICOMs in {work / 'raw'} ...", flush=True)
-        generate(work / "raw", n_patients=n, image_size=1024, seed=0)
+        generate(work / "raw", n_patients=n, image_size=1024, seed=0, workers=0)
         files = sorted((work / IMAGES).glob("*.dcm"))
     return model, files[:n]
 

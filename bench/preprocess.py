@@ -139,6 +139,7 @@ def main() -> None:
                 max_rejected_fraction=0.0,
                 workers=workers,
                 chunk_size=args.chunk_size,
+                file_timeout_s=120,
                 progress=False,
             )
         )

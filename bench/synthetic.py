@@ -84,7 +84,7 @@ def _load_small(raw: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[np.n
 def small_dataset(n: int, gen_size: int, size: int, seed: int) -> dict:
     """Generate ``n`` patients at ``gen_size`` px (DICOMs), read back at ``size`` px."""
     with tempfile.TemporaryDirectory() as td:
-        generate(Path(td) / "raw", n, image_size=gen_size, seed=seed)
+        generate(Path(td) / "raw", n, image_size=gen_size, seed=seed, workers=0)
         x, y, boxes = _load_small(Path(td) / "raw", size)
     return {"x": x, "y": y, "boxes": boxes}
 

@@ -168,7 +168,7 @@ def test_maps_for_every_arch_have_image_shape_and_range(arch):
 
 def test_compute_maps_rejects_a_wrong_shape(resnet):
     with pytest.raises(ValueError, match=r"\(B, 1, S, S\)"):
-        compute_maps(resnet, "resnet18", torch.zeros(1, 3, 32, 32))
+        compute_maps(resnet, "resnet18", torch.zeros(1, 3, 32, 32), "cam")
     with pytest.raises(ValueError, match="unknown CAM method"):
         compute_maps(resnet, "resnet18", torch.zeros(1, 1, 32, 32), "saliency")
 
@@ -194,18 +194,18 @@ def test_box_mask_uses_pixel_centres():
 def test_pointing_game_known_answers():
     cam_map = np.zeros((20, 20), dtype=np.float32)
     cam_map[5, 12] = 1.0
-    assert pointing_game(cam_map, [[10, 3, 5, 5]])
-    assert not pointing_game(cam_map, [[0, 0, 5, 5]])
-    assert pointing_game(cam_map, [[0, 0, 5, 5], [12, 5, 1, 1]])  # any box counts
+    assert pointing_game(cam_map, [[10, 3, 5, 5]], tolerance=0.0)
+    assert not pointing_game(cam_map, [[0, 0, 5, 5]], tolerance=0.0)
+    assert pointing_game(cam_map, [[0, 0, 5, 5], [12, 5, 1, 1]], tolerance=0.0)  # any box counts
     with pytest.raises(ValueError, match="no box"):
-        pointing_game(cam_map, [])
+        pointing_game(cam_map, [], tolerance=0.0)
 
 
 def test_pointing_tolerance_counts_near_misses():
     cam_map = np.zeros((40, 40), dtype=np.float32)
     cam_map[20, 20] = 1.0
     box = [[23.0, 24.0, 5.0, 5.0]]  # nearest pixel centre (23, 24) is 3 rows, 4 cols away: 5 px
-    assert not pointing_game(cam_map, box)
+    assert not pointing_game(cam_map, box, tolerance=0.0)
     assert not pointing_game(cam_map, box, tolerance=4.9)
     assert pointing_game(cam_map, box, tolerance=5.0)
 
@@ -218,8 +218,8 @@ def test_peak_of_an_upsampled_border_cell_is_the_cell_centre():
     m = maps[0].numpy()
     assert m[0, 0] == m[15, 15] == m.max()
     assert peak(m) == (15, 15)
-    assert pointing_game(m, [[12.0, 12.0, 8.0, 8.0]])
-    assert not pointing_game(m, [[0.0, 0.0, 4.0, 4.0]])
+    assert pointing_game(m, [[12.0, 12.0, 8.0, 8.0]], tolerance=0.0)
+    assert not pointing_game(m, [[0.0, 0.0, 4.0, 4.0]], tolerance=0.0)
     # interior maxima are untouched by the tie rule
     single = np.zeros((9, 9))
     single[1, 7] = 1.0
@@ -239,7 +239,8 @@ def test_iou_dice_and_mass_known_answers():
     assert mass_inside(cam_map, box) == pytest.approx(0.8 * 50 / (0.8 * 50 + 0.3 * 50))
     zero = np.zeros((20, 20), dtype=np.float32)
     assert iou_dice(zero, box, 0.5) == (0.0, 0.0)
-    assert not pointing_game(zero, [[0.0, 0.0, 20.0, 20.0]])  # a constant map points nowhere
+    # a constant map points nowhere
+    assert not pointing_game(zero, [[0.0, 0.0, 20.0, 20.0]], tolerance=0.0)
     assert mass_inside(zero, box) == 0.0
 
 
@@ -392,6 +393,7 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
         pointing_tolerance=0.05,
         batch_size=5,
         bootstrap=100,
+        shift=0,
     )
     a = analyse(model, test, seed=0, **kwargs)
     b = analyse(model, test, seed=0, **kwargs)
@@ -401,7 +403,7 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
     for rows in a.groups.values():
         for i in rows:
             x = normalize(np.asarray(test.images[[i]]), 0.5, 0.25)
-            single = compute_maps(net, "resnet18", x)[1][0]  # batch of 1: float rounding
+            single = compute_maps(net, "resnet18", x, "cam")[1][0]  # batch of 1: float rounding
             np.testing.assert_allclose(a.maps[int(i)], single, atol=1e-5)
     # the model's maps against themselves would correlate perfectly; random weights do not
     assert -1 <= a.metrics["sanity.random_corr"] < 0.99
@@ -415,14 +417,14 @@ def test_shift_averaged_maps_are_the_mean_of_the_moved_maps():
     torch.manual_seed(3)
     net = build_network("resnet18", last_stride=1, pretrained=False, weights_path=None).eval()
     x = torch.randn(2, 1, 64, 64)
-    probs0, maps0 = compute_maps(net, "resnet18", x)
-    probs, maps = compute_maps(net, "resnet18", x, shift=4)
+    probs0, maps0 = compute_maps(net, "resnet18", x, "cam")
+    probs, maps = compute_maps(net, "resnet18", x, "cam", shift=4)
     np.testing.assert_array_equal(probs, probs0)  # the unshifted image's probability
     total = torch.zeros(2, 64, 64)
     for dy in (-4, 0, 4):
         for dx in (-4, 0, 4):
             moved = torch.roll(x, (dy, dx), dims=(2, 3))
-            one = torch.from_numpy(compute_maps(net, "resnet18", moved)[1])
+            one = torch.from_numpy(compute_maps(net, "resnet18", moved, "cam")[1])
             total += torch.roll(one, (-dy, -dx), dims=(1, 2))
     expected = normalize_maps(total).numpy()
     np.testing.assert_allclose(maps, expected, atol=1e-5)
@@ -437,10 +439,10 @@ def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):
         tmp_path / "data/processed", tmp_path / "data/predictions/val.csv", "val"
     )
     candidates = [0.2, 0.4, 0.6, 0.8]
-    tuned = tune_map_thresholds(model, val, candidates, method="cam", batch_size=3)
+    tuned = tune_map_thresholds(model, val, candidates, method="cam", batch_size=3, shift=0)
     rows = [i for i, t in enumerate(val.targets) if t and len(val.boxes[i])]
     x = normalize(np.asarray(val.images[rows]), 0.5, 0.25)
-    maps = compute_maps(net, "resnet18", x)[1]
+    maps = compute_maps(net, "resnet18", x, "cam")[1]
     gauss = gaussian_map(64)
     for prefix, per_row in (("cam", list(maps)), ("baseline", [gauss] * len(rows))):
         mean_iou = [
@@ -452,7 +454,7 @@ def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):
         assert tuned[prefix]["n_val_images"] == len(rows) == 5
     no_boxes = CamInputs(val.images, val.patient_ids, val.targets * 0, val.boxes, val.probs)
     with pytest.raises(ValueError, match="no validation positive"):
-        tune_map_thresholds(model, no_boxes, candidates, method="cam", batch_size=3)
+        tune_map_thresholds(model, no_boxes, candidates, method="cam", batch_size=3, shift=0)
 
 
 def test_read_inputs_name_the_bad_file_and_row(tmp_path):

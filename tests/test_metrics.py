@@ -15,7 +15,7 @@ from sklearn.calibration import calibration_curve
 from pneumo import bootstrap, scores, subgroups
 from pneumo import operating_point as opp
 from pneumo.eval_checks import EvaluationError, check_thresholds, threshold_key
-from pneumo.eval_outputs import plot_data, round_floats
+from pneumo.eval_outputs import Evaluation, plot_data, round_floats
 from pneumo.evaluation import evaluate
 
 
@@ -64,7 +64,7 @@ def test_threshold_free_by_hand():
 @pytest.mark.parametrize("kind", KINDS)
 def test_auroc_counts_ties_as_half_and_log_loss_clips(kind):
     y, p = _data(kind)
-    tf = scores.threshold_free(y, p)
+    tf = scores.threshold_free(y, p, n_bins=10)
     assert tf["auroc"] == pytest.approx(_pairwise_auc(y, p), abs=1e-12)
     # a probability of exactly 0 or 1 costs -log(eps), not infinity (float64 eps, as before)
     q = np.clip(p, np.finfo(np.float64).eps, 1 - np.finfo(np.float64).eps)
@@ -252,7 +252,7 @@ def test_bootstrap_is_seeded_and_covers_the_estimate():
     assert a != bootstrap.auroc_sens_spec_intervals(y, p, {"t050": 0.5}, n_resamples=300, seed=2)
     lo, hi = a["auroc"]
     assert lo < skm.roc_auc_score(y, p) < hi
-    none = bootstrap.auroc_sens_spec_intervals(y, p, {"t050": 0.5}, n_resamples=0)
+    none = bootstrap.auroc_sens_spec_intervals(y, p, {"t050": 0.5}, n_resamples=0, seed=0)
     assert none["auroc"] == (None, None) and none["skipped"] == 0
 
 
@@ -342,13 +342,13 @@ def test_duplicate_threshold_is_an_error():
 
 def test_bad_inputs_name_the_row():
     with pytest.raises(EvaluationError, match=r"row 2: prob nan"):
-        scores.threshold_free([0, 1, 0], [0.1, 0.2, np.nan])
+        scores.threshold_free([0, 1, 0], [0.1, 0.2, np.nan], n_bins=10)
     with pytest.raises(EvaluationError, match=r"row 1: prob 1.2"):
         scores.threshold_metrics([0, 1], [0.1, 1.2], 0.5)
     with pytest.raises(EvaluationError, match=r"row 0: target 2"):
-        scores.calibration_table([2, 1], [0.1, 0.2])
+        scores.calibration_table([2, 1], [0.1, 0.2], n_bins=10)
     with pytest.raises(EvaluationError, match="all 3 cases are negative"):
-        scores.threshold_free([0, 0, 0], [0.1, 0.2, 0.3])
+        scores.threshold_free([0, 0, 0], [0.1, 0.2, 0.3], n_bins=10)
 
 
 def test_age_bands():
@@ -439,11 +439,26 @@ def test_operating_point_interval_against_sklearn():
     assert got["threshold_lo"] < got["threshold_hi"]  # the choice really moves
 
 
+# the settings these tests were written for (params.yaml's evaluate section has the pipeline's)
+EVALUATE = dict(
+    thresholds=(0.5, 0.25),
+    target_sensitivity=0.9,
+    bootstrap=1000,
+    seed=0,
+    calibration_bins=10,
+    age_bands=(0, 40, 60, 120),
+)
+
+
+def _evaluate(val: pd.DataFrame, test: pd.DataFrame, **settings) -> Evaluation:
+    return evaluate(val, test, **EVALUATE | settings)
+
+
 def test_evaluate_layout_and_op_point():
     rng = np.random.default_rng(0)
     yv, pv = _data("smooth")
     yt, pt = _data("ties")
-    ev = evaluate(
+    ev = _evaluate(
         _frame(yv, pv, rng), _frame(yt, pt, rng), thresholds=[0.5, 0.25, 0.125], bootstrap=200
     )
     op = ev.operating_point
@@ -485,24 +500,25 @@ def test_evaluate_layout_and_op_point():
     ("kwargs", "match"),
     [
         ({"thresholds": [0.5, 2.0]}, r"evaluate\.thresholds\[1\]=2\.0"),
-        ({"target_sensitivity": 0.0}, r"evaluate\.target_sensitivity"),
-        ({"bootstrap": -1}, r"evaluate\.bootstrap"),
-        ({"calibration_bins": 0}, r"evaluate\.calibration_bins"),
-        ({"age_bands": [0]}, r"evaluate\.age_bands"),
+        ({"thresholds": [0.5, 0.25, 0.5]}, r"evaluate\.thresholds\[2\]=0\.5 is listed twice"),
+        ({"target_sensitivity": 0.0}, r"target sensitivity 0\.0 must be in \(0, 1\]"),
+        ({"target_sensitivity": 1.5}, r"target sensitivity 1\.5 must be in \(0, 1\]"),
+        ({"age_bands": [0, 60, 40]}, r"age band edges \[0, 60, 40\] must be"),
     ],
 )
-def test_evaluate_bad_params(kwargs, match):
+def test_evaluate_refuses_what_would_silently_mislead(kwargs, match):
+    """The library's own checks; the ranges of every setting are test_params' (EvaluateParams)."""
     rng = np.random.default_rng(0)
     y, p = _data("smooth")
     with pytest.raises(EvaluationError, match=match):
-        evaluate(_frame(y, p, rng), _frame(y, p, rng), **kwargs)
+        _evaluate(_frame(y, p, rng), _frame(y, p, rng), bootstrap=10, **kwargs)
 
 
 def test_evaluate_one_class_split_is_a_clear_error():
     rng = np.random.default_rng(0)
     y, p = _data("smooth")
     with pytest.raises(EvaluationError, match=r"test predictions: all 300 cases are negative"):
-        evaluate(_frame(y, p, rng), _frame(np.zeros_like(y), p, rng), bootstrap=10)
+        _evaluate(_frame(y, p, rng), _frame(np.zeros_like(y), p, rng), bootstrap=10)
 
 
 def test_round_floats():

@@ -100,6 +100,34 @@ def test_the_committed_params_are_valid_and_complete() -> None:
             "params.yaml: data.folder.classes.PNEUMONIA must be 0 or 1, got 2",
         ),
         (lambda d: d["data"]["folder"].update(classes={}), "params.yaml: data.folder.classes must"),
+        (
+            lambda d: d["evaluate"].update(target_sensitivity=0.0),
+            "params.yaml: evaluate.target_sensitivity must be greater than 0, got 0.0",
+        ),
+        (
+            lambda d: d["evaluate"].update(bootstrap=-1),
+            "params.yaml: evaluate.bootstrap must be greater than or equal to 0, got -1",
+        ),
+        (
+            lambda d: d["evaluate"].update(calibration_bins=0),
+            "params.yaml: evaluate.calibration_bins must be greater than or equal to 1, got 0",
+        ),
+        (
+            lambda d: d["evaluate"].update(age_bands=[0, 60, 40]),
+            "params.yaml: evaluate: age_bands must be increasing, got [0, 60, 40]",
+        ),
+        (
+            lambda d: d["cam"].update(alpha=1.5),
+            "params.yaml: cam.alpha must be less than or equal to 1",
+        ),
+        (
+            lambda d: d["preprocess"].update(resize_mode="zoom"),
+            "params.yaml: preprocess.resize_mode must be 'pad', 'crop' or 'stretch', got 'zoom'",
+        ),
+        (
+            lambda d: d["preprocess"].update(chunk_size=0),
+            "params.yaml: preprocess.chunk_size must be greater than or equal to 1, got 0",
+        ),
         (lambda d: d.update(foo=1), "params.yaml: unknown section(s) foo; known: data, split"),
         (lambda d: d.pop("cam"), "params.yaml: section 'cam' is missing"),
     ],

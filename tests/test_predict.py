@@ -117,6 +117,8 @@ def test_cli_reports_the_probability_of_the_preprocessed_cache(
         resize_mode="pad",
         max_rejected_fraction=0.0,
         workers=1,
+        chunk_size=64,
+        file_timeout_s=120,
         progress=False,
     )
     cached = np.load(processed / "test.npy", mmap_mode="r")

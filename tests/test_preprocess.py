@@ -171,6 +171,7 @@ def make_tree(root: Path) -> dict[str, list[dict]]:
 
 def _run(root: Path, out: str = "processed", **kw) -> dict:
     args = dict(image_size=32, resize_mode="pad", max_rejected_fraction=0.2, workers=2)
+    args |= dict(chunk_size=64, file_timeout_s=120)
     args.update(kw)
     return build_cache(
         root / "data/raw", root / "data/split", root / f"data/{out}", progress=False, **args

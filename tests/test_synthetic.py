@@ -206,7 +206,7 @@ def test_generate_replaces_output_and_cleans_up_on_error(
     assert digest(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
     with pytest.raises(ValueError, match="n_patients"):
-        generate(out, 0)
+        generate(out, 0, image_size=64, seed=0, workers=1)
 
 
 def test_proportions_like_rsna() -> None:

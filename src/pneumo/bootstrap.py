@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.eval_checks import EvaluationError, check_binary
+from pneumo.eval_checks import check_binary
 from pneumo.operating_point import threshold_for_sensitivity
 
 
@@ -46,8 +46,8 @@ def auroc_sens_spec_intervals(
     y: Any,
     p: Any,
     thresholds: Mapping[str, float],
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int,
+    seed: int,
     level: float = 0.95,
     chunk: int = 200,
 ) -> dict[str, Any]:
@@ -60,8 +60,6 @@ def auroc_sens_spec_intervals(
     leaves out the uncertainty of choosing it (``operating_point_interval`` adds it).
     """
     y, p = check_binary(y, p)
-    if n_resamples < 0:
-        raise EvaluationError(f"bootstrap resamples must be >= 0, got {n_resamples}")
     n = len(y)
     idx = resample_indices(n_resamples, n, seed)
     n_pos = y[idx].sum(axis=1)
@@ -87,8 +85,8 @@ def operating_point_interval(
     val: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
     target_sensitivity: float,
-    n_resamples: int = 1000,
-    seed: int = 0,
+    n_resamples: int,
+    seed: int,
     level: float = 0.95,
 ) -> dict[str, float | None]:
     """How far the operating point moves with the validation sample it was chosen on.

@@ -64,19 +64,21 @@ def evaluate(
     val: pd.DataFrame,
     test: pd.DataFrame,
     *,
-    thresholds: Sequence[float] = (0.5, 0.25),
-    target_sensitivity: float = 0.9,
-    bootstrap: int = 1000,
-    seed: int = 0,
-    calibration_bins: int = 10,
-    age_bands: Sequence[int] = (0, 40, 60, 120),
+    thresholds: Sequence[float],
+    target_sensitivity: float,
+    bootstrap: int,
+    seed: int,
+    calibration_bins: int,
+    age_bands: Sequence[int],
 ) -> Evaluation:
     """Choose the operating points on ``val``, report both splits, subgroups of test, plot data.
 
-    ``val`` and ``test`` have the prediction columns (``PREDICTION_COLUMNS``). Bad params raise an
-    EvaluationError naming the ``evaluate.*`` key.
+    ``val`` and ``test`` have the prediction columns (``PREDICTION_COLUMNS``). ``EvaluateParams``
+    ranges the settings; what is refused here is what would otherwise give a wrong result without
+    an error (a repeated threshold, a target sensitivity outside (0, 1], age bands out of order).
     """
-    fixed = _check_params(thresholds, target_sensitivity, bootstrap, calibration_bins, age_bands)
+    # the one check params.py does not make: a threshold listed twice would share one key
+    fixed = {threshold_key(t): t for t in check_thresholds(thresholds, "evaluate.thresholds")}
     arrays = {}
     for name, df in (("val", val), ("test", test)):
         y, p = check_binary(df["target"].to_numpy(), df["prob"].to_numpy(), f"{name} predictions")
@@ -100,27 +102,6 @@ def evaluate(
     )
     plots = plot_data(arrays, decisions, calibration_bins)
     return Evaluation(round_floats(metrics), operating_point, plots)
-
-
-def _check_params(
-    thresholds: Sequence[float],
-    target_sensitivity: float,
-    bootstrap: int,
-    calibration_bins: int,
-    edges: Sequence[int],
-) -> dict[str, float]:
-    fixed = check_thresholds(thresholds, "evaluate.thresholds")
-    if not 0.0 < target_sensitivity <= 1.0:
-        raise EvaluationError(
-            f"evaluate.target_sensitivity={target_sensitivity!r} must be in (0, 1]"
-        )
-    if bootstrap < 0:
-        raise EvaluationError(f"evaluate.bootstrap={bootstrap!r} must be >= 0 (0 = no intervals)")
-    if calibration_bins < 1:
-        raise EvaluationError(f"evaluate.calibration_bins={calibration_bins!r} must be >= 1")
-    if len(edges) < 2 or any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=False)):
-        raise EvaluationError(f"evaluate.age_bands={list(edges)} must be increasing, >= 2 edges")
-    return {threshold_key(t): t for t in fixed}
 
 
 def _split_metrics(

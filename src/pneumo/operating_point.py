@@ -111,6 +111,8 @@ def threshold_for_sensitivity(y: Any, p: Any, target: float) -> float:
     decided on counts, ``tp >= ceil(target * positives)`` (with a 1e-9 slack so that a decimal
     target such as 0.9 of 10 positives asks for 9, not 10).
     """
+    # kept beside EvaluateParams' range: above 1 no threshold qualifies and argmax would return
+    # the highest score without an error
     if not 0.0 < target <= 1.0:
         raise EvaluationError(f"target sensitivity {target!r} must be in (0, 1]")
     y, p = check_binary(y, p)

@@ -23,7 +23,7 @@ import numpy as np
 from pneumo.atomic import atomic_dir
 from pneumo.boxes import parse_boxes
 from pneumo.conversion import Chunk, convert_chunks
-from pneumo.imaging import RESIZE_MODES, SquareTransform
+from pneumo.imaging import SquareTransform
 from pneumo.split_schema import PREPROCESS_COLUMNS, SPLITS
 from pneumo.workers import n_workers
 
@@ -33,7 +33,7 @@ _COPY_BLOCK = 256  # rows per block when compacting an array: ~13 MB at 224 px
 
 
 class PreprocessError(Exception):
-    """The preprocess inputs are unusable (bad split CSV, bad arguments)."""
+    """The preprocess inputs are unusable (a bad or empty split CSV, no readable train image)."""
 
 
 class TooManyRejectedError(PreprocessError):
@@ -92,9 +92,9 @@ def build_cache(
     image_size: int,
     resize_mode: str,
     max_rejected_fraction: float,
-    workers: int = 0,
-    chunk_size: int = 64,
-    file_timeout_s: int = 120,
+    workers: int,
+    chunk_size: int,
+    file_timeout_s: int,
     progress: bool = True,
 ) -> dict[str, Any]:
     """data/raw + data/split -> data/processed (arrays, index CSVs, stats.json, rejected.csv).
@@ -105,7 +105,6 @@ def build_cache(
     summary dict.
     """
     raw_dir, split_dir, out_dir = Path(raw_dir), Path(split_dir), Path(out_dir)
-    _check_args(image_size, resize_mode, max_rejected_fraction, workers, chunk_size, file_timeout_s)
     splits = {name: _SplitResult(read_split_csv(split_dir / f"{name}.csv")) for name in SPLITS}
     if not splits["train"].rows:
         raise PreprocessError(f"{split_dir / 'train.csv'} has no rows")
@@ -200,20 +199,6 @@ def pixel_stats(histogram: np.ndarray) -> dict[str, float]:
     s1 = sum(v * c for v, c in enumerate(counts))
     s2 = sum(v * v * c for v, c in enumerate(counts))
     return {"mean": s1 / (n * 255), "std": math.sqrt(n * s2 - s1 * s1) / (n * 255)}
-
-
-def _check_args(size: int, mode: str, frac: float, workers: int, chunk: int, timeout: int) -> None:
-    if mode not in RESIZE_MODES:
-        raise PreprocessError(f"preprocess.resize_mode={mode!r}; choose one of {RESIZE_MODES}")
-    if not 8 <= size <= 4096:
-        raise PreprocessError(f"preprocess.image_size={size} must be between 8 and 4096")
-    if not 0.0 <= frac <= 1.0:
-        raise PreprocessError(f"preprocess.max_rejected_fraction={frac} must be in [0, 1]")
-    if workers < 0 or chunk < 1 or timeout < 0:
-        raise PreprocessError(
-            f"preprocess.workers={workers} must be >= 0, chunk_size={chunk} >= 1, "
-            f"file_timeout_s={timeout} >= 0"
-        )
 
 
 def _allocate(path: Path, n: int, size: int) -> None:

@@ -14,7 +14,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pneumo.eval_checks import EvaluationError, check_binary, require_both_classes
+from pneumo.eval_checks import check_binary, require_both_classes
 
 
 def ratio(num: int, den: int) -> float | None:
@@ -22,7 +22,7 @@ def ratio(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
-def threshold_free(y: Any, p: Any, n_bins: int = 10) -> dict[str, float | int]:
+def threshold_free(y: Any, p: Any, n_bins: int) -> dict[str, float | int]:
     """Count, prevalence, AUROC, AUPRC, Brier, ECE and log loss of one split (both classes)."""
     y, p = check_binary(y, p)
     require_both_classes(y, "threshold_free")
@@ -68,7 +68,7 @@ def threshold_metrics(y: Any, p: Any, threshold: float) -> dict[str, float | int
     }
 
 
-def calibration_table(y: Any, p: Any, n_bins: int = 10) -> dict[str, np.ndarray]:
+def calibration_table(y: Any, p: Any, n_bins: int) -> dict[str, np.ndarray]:
     """Per equal-width bin of [0, 1]: lower/upper edge, count, mean probability, fraction positive.
 
     Bin ``b`` holds ``b/n_bins <= p < (b+1)/n_bins``; the last bin also holds ``p == 1``. Empty bins
@@ -79,8 +79,6 @@ def calibration_table(y: Any, p: Any, n_bins: int = 10) -> dict[str, np.ndarray]
     probability on an inner edge (0.3 of tied scores, say) in the bin below, not the one above.
     """
     y, p = check_binary(y, p)
-    if n_bins < 1:
-        raise EvaluationError(f"calibration bins must be >= 1, got {n_bins}")
     b = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
     count = np.bincount(b, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -96,7 +94,7 @@ def calibration_table(y: Any, p: Any, n_bins: int = 10) -> dict[str, np.ndarray]
     }
 
 
-def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
+def expected_calibration_error(y: Any, p: Any, n_bins: int) -> float:
     """ECE = sum over non-empty bins of (n_bin / n) * |mean prob in bin - fraction positive in bin|.
 
     Bins as in ``calibration_table`` (``n_bins`` equal-width bins of [0, 1]).

@@ -31,6 +31,7 @@ def age_band_labels(edges: Sequence[int]) -> list[str]:
 def assign_age_bands(ages: Any, edges: Sequence[int]) -> np.ndarray:
     """The band label of each age; missing ages and ages outside the edges are "unknown"."""
     edges = list(edges)
+    # kept beside EvaluateParams' check: searchsorted on edges out of order bands ages wrongly
     if len(edges) < 2 or any(b <= a for a, b in zip(edges[:-1], edges[1:], strict=False)):
         raise EvaluationError(f"age band edges {edges} must be at least two increasing numbers")
     a = pd.to_numeric(pd.Series(ages), errors="coerce").to_numpy(dtype=np.float64)

@@ -25,7 +25,7 @@ from pneumo.model import Exported, build_network, normalize
 PROB_TOLERANCE = 1e-3  # model vs predictions file; larger means the predictions are stale
 
 
-def random_network(arch: str, seed: int, last_stride: int = 2) -> nn.Module:
+def random_network(arch: str, seed: int, last_stride: int) -> nn.Module:
     """The architecture with seeded random weights, for the model-dependence sanity check."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -56,7 +56,7 @@ def tune_map_thresholds(
     *,
     method: str,
     batch_size: int,
-    shift: int = 0,
+    shift: int,
 ) -> dict[str, dict[str, float | int | list[float]]]:
     """The binarisation threshold of the maps, chosen on validation (CheXlocalize's protocol).
 
@@ -100,7 +100,7 @@ def analyse(
     k: int,
     map_thresholds: dict[str, float],
     pointing_tolerance: float,
-    shift: int = 0,
+    shift: int,
     batch_size: int,
     bootstrap: int,
     seed: int,

@@ -35,12 +35,10 @@ HEADER = 48
 COLS = 2  # tiles per row; each tile is two panels wide
 
 
-def overlay(img: np.ndarray, cam_map: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+def overlay(img: np.ndarray, cam_map: np.ndarray, alpha: float) -> np.ndarray:
     """RGB uint8 (S, S, 3): the gray image blended with the jet-coloured map (weight ``alpha``)."""
     if img.shape != cam_map.shape or img.ndim != 2:
         raise ValueError(f"image {img.shape} and map {cam_map.shape} must be the same 2-D shape")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     jet = matplotlib.colormaps["jet"](np.clip(cam_map, 0.0, 1.0))[..., :3]
     gray = np.repeat(img.astype(np.float64)[..., None] / 255.0, 3, axis=2)
     out = (1.0 - alpha) * gray + alpha * jet

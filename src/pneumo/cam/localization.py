@@ -64,7 +64,7 @@ def peak(cam_map: np.ndarray) -> tuple[int, int]:
 
 
 def pointing_game(
-    cam_map: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray, tolerance: float = 0.0
+    cam_map: np.ndarray, boxes: Sequence[Sequence[float]] | np.ndarray, tolerance: float
 ) -> bool:
     """Whether the map's peak lies inside a box, or within ``tolerance`` pixels of one.
 

@@ -52,7 +52,7 @@ def _gradcam_weights(acts: torch.Tensor, grads: torch.Tensor, plus_plus: bool) -
 
 
 def activation_maps(
-    acts: torch.Tensor, linear: nn.Linear, method: Method = "cam", size: int | None = None
+    acts: torch.Tensor, linear: nn.Linear, method: Method, size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (B,), maps (B, size, size) in [0, 1]) from last feature maps and a GAP + linear head.
 
@@ -84,7 +84,7 @@ def activation_maps(
 
 
 def compute_maps(
-    net: nn.Module, arch: str, x: torch.Tensor, method: Method = "cam", shift: int = 0
+    net: nn.Module, arch: str, x: torch.Tensor, method: Method, shift: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities (B,) float64 and maps (B, S, S) float32 in [0, 1] for a normalised batch.
 

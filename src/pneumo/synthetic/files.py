@@ -172,18 +172,16 @@ def write_labels(rows: list[dict], out_dir: Path) -> None:
                 wc.writerow([r["patientId"], r["class"]])
 
 
-def generate(
-    out_dir: Path, n_patients: int, image_size: int = 1024, seed: int = 0, workers: int = 0
-) -> dict:
+def generate(out_dir: Path, n_patients: int, image_size: int, seed: int, workers: int) -> dict:
     """Write ``n_patients`` synthetic patients in the RSNA archive layout into ``out_dir``.
 
     ``out_dir`` is built in a sibling temporary folder and swapped in when complete (replacing a
     previous one). ``workers`` = 0 uses every core. Returns a summary of what was written.
     """
+    # params.py ranges the stage's value, but a library caller's 0 would end in a division by
+    # zero and a negative count in an empty dataset reported as written
     if n_patients < 1:
         raise ValueError(f"n_patients must be at least 1, got {n_patients}")
-    if not 32 <= image_size <= 4096:
-        raise ValueError(f"image_size must be between 32 and 4096, got {image_size}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
