@@ -13,14 +13,11 @@ from pneumo.atomic import write_json
 from pneumo.cam.analysis import analyse, tune_map_thresholds
 from pneumo.cam.gallery import write_gallery
 from pneumo.cam.inputs import read_predicted_split
+from pneumo.layout import MODEL, OPERATING_POINT, PREDICTIONS, PROCESSED
 from pneumo.model import load_exported
 from pneumo.operating_point import operating_point_or_fallback
 from pneumo.params import load_or_exit
 
-MODEL = Path("data/model/model.pt")
-PROCESSED = Path("data/processed")
-PREDICTIONS = Path("data/predictions")
-OPERATING_POINT = Path("data/operating_point.json")
 GALLERY = Path("plots/cam")
 METRICS = Path("metrics/cam.json")
 

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 from pneumo.atomic import write_bytes
+from pneumo.layout import PARAMS_OK
 from pneumo.params import PARAMS_FILE, SECTIONS, ParamsError, load_section, read_yaml
-
-OUT = Path("data/params.ok")
 
 
 def check(path: str | Path) -> None:
@@ -39,7 +38,7 @@ def main() -> None:
         check(PARAMS_FILE)
     except ParamsError as e:
         sys.exit(str(e))
-    write_bytes(OUT, b"params.yaml is valid (src/check_params.py)\n")
+    write_bytes(PARAMS_OK, b"params.yaml is valid (src/check_params.py)\n")
 
 
 if __name__ == "__main__":

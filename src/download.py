@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
 
 from pneumo import synthetic
+from pneumo.layout import DOWNLOADS, RAW
 from pneumo.params import load_or_exit
 from pneumo.sources.folder import import_folder
 from pneumo.sources.layout import SourceError
 from pneumo.sources.rsna_source import fetch_rsna
-
-RAW = Path("data/raw")
-DOWNLOADS = Path("data/downloads")  # the Kaggle zip stays here between runs (not a DVC out)
 
 
 def main() -> None:

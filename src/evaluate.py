@@ -10,12 +10,11 @@ from pathlib import Path
 
 from pneumo.eval_outputs import write_evaluation
 from pneumo.evaluation import evaluate, read_predictions
-from pneumo.params import load_or_exit
+from pneumo.layout import OPERATING_POINT, PREDICTIONS
+from pneumo.params import kwargs_for, load_or_exit
 
-PREDICTIONS = Path("data/predictions")
 METRICS = Path("metrics/eval.json")
 PLOTS = Path("plots/eval")
-OPERATING_POINT = Path("data/operating_point.json")
 
 
 def main() -> None:
@@ -23,12 +22,7 @@ def main() -> None:
     result = evaluate(
         read_predictions(PREDICTIONS / "val.csv"),
         read_predictions(PREDICTIONS / "test.csv"),
-        thresholds=params.thresholds,
-        target_sensitivity=params.target_sensitivity,
-        bootstrap=params.bootstrap,
-        seed=params.seed,
-        calibration_bins=params.calibration_bins,
-        age_bands=params.age_bands,
+        **kwargs_for(evaluate, params),
     )
     write_evaluation(result, METRICS, PLOTS, OPERATING_POINT)
     test = result.metrics["test"]

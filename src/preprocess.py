@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from pneumo.params import load_or_exit
+from pneumo.layout import PROCESSED, RAW, SPLIT
+from pneumo.params import kwargs_for, load_or_exit
 from pneumo.preprocessing import PreprocessError, build_cache, print_summary
-
-RAW, SPLIT, OUT = Path("data/raw"), Path("data/split"), Path("data/processed")
 
 
 def main() -> None:
     p = load_or_exit("preprocess")
     try:
-        summary = build_cache(
-            RAW,
-            SPLIT,
-            OUT,
-            image_size=p.image_size,
-            resize_mode=p.resize_mode,
-            max_rejected_fraction=p.max_rejected_fraction,
-            workers=p.workers,
-            chunk_size=p.chunk_size,
-            file_timeout_s=p.file_timeout_s,
-        )
+        summary = build_cache(RAW, SPLIT, PROCESSED, **kwargs_for(build_cache, p))
     except PreprocessError as e:
         sys.exit(f"preprocess: {e}")
-    print_summary(summary, OUT)
+    print_summary(summary, PROCESSED)
 
 
 if __name__ == "__main__":

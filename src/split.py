@@ -12,11 +12,10 @@ from pneumo.labels.split import split_patients
 from pneumo.labels.split_files import write_splits
 from pneumo.labels.summary import summarize
 from pneumo.labels.table import build_table
+from pneumo.layout import RAW, SPLIT
 from pneumo.params import load_or_exit
 from pneumo.split_schema import SPLITS
 
-RAW_DIR = Path("data/raw")
-OUT_DIR = Path("data/split")
 METRICS = Path("metrics/split.json")
 
 
@@ -24,14 +23,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="split: %(levelname)s %(message)s")
     p = load_or_exit("split")
     try:
-        table, flags = build_table(RAW_DIR, max_age=p.max_age)
+        table, flags = build_table(RAW, max_age=p.max_age)
         splits = split_patients(
             table, val_fraction=p.val_fraction, test_fraction=p.test_fraction, seed=p.seed
         )
     except LabelError as e:
         # the message already names the file, line or key: a traceback would only bury it
         sys.exit(f"split: error: {e}")
-    write_splits(splits, OUT_DIR)
+    write_splits(splits, SPLIT)
     summary = summarize(splits, flags)
     write_json(METRICS, summary)
     for name in SPLITS:
@@ -44,7 +43,7 @@ def main() -> None:
             100 * s["prevalence"],
             f"{s['groups']:,}",
         )
-    logging.info("wrote %s and %s", OUT_DIR, METRICS)
+    logging.info("wrote %s and %s", SPLIT, METRICS)
 
 
 if __name__ == "__main__":

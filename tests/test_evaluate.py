@@ -12,11 +12,12 @@ import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
-import infer
 from conftest import run_stage
+from pneumo import split_inference as infer
 from pneumo.eval_checks import EvaluationError
 from pneumo.eval_outputs import write_evaluation
-from pneumo.evaluation import PREDICTION_COLUMNS, evaluate, read_predictions
+from pneumo.evaluation import evaluate, read_predictions
+from pneumo.layout import PREDICTION_COLUMNS
 from pneumo.model import build_network, export_model, load_exported, predict_proba
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,6 +23,7 @@ from pneumo.eval_checks import (
     threshold_key,
 )
 from pneumo.eval_outputs import Evaluation, plot_data, round_floats
+from pneumo.layout import PREDICTION_COLUMNS
 from pneumo.operating_point import (
     operating_point_record,
     threshold_for_sensitivity,
@@ -30,8 +31,6 @@ from pneumo.operating_point import (
 )
 from pneumo.scores import threshold_free, threshold_metrics
 from pneumo.subgroups import subgroups_by_attribute
-
-PREDICTION_COLUMNS = ("patientId", "target", "prob", "view", "sex", "age")
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:

@@ -1,0 +1,20 @@
+"""Where the stages read and write, relative to the repository root (the paths of ``dvc.yaml``),
+and the predictions files' columns: the facts two or more stages or commands share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS_OK = Path("data/params.ok")
+RAW = Path("data/raw")
+DOWNLOADS = Path("data/downloads")  # the Kaggle zip stays here between runs (not a DVC out)
+SPLIT = Path("data/split")
+PROCESSED = Path("data/processed")
+MODEL_DIR = Path("data/model")
+MODEL = MODEL_DIR / "model.pt"
+PREDICTIONS = Path("data/predictions")
+OPERATING_POINT = Path("data/operating_point.json")
+
+# data/predictions/<split>.csv: the splits infer scores and the columns evaluate and cam read
+PREDICTED_SPLITS = ("val", "test")
+PREDICTION_COLUMNS = ("patientId", "target", "prob", "view", "sex", "age")
