@@ -26,7 +26,7 @@ def main() -> None:
     import torch
 
     from pneumo.atomic import write_json
-    from pneumo.data import XrayDataModule
+    from pneumo.data.datamodule import XrayDataModule
     from pneumo.model import export_model
     from pneumo.training import (
         PneumoniaClassifier,

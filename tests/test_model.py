@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from torchvision import models
 
 from fixtures import write_blob_dataset
-from pneumo.data import XrayDataModule
+from pneumo.data.datamodule import XrayDataModule
 from pneumo.model import (
     ARCHS,
     WEIGHT_URLS,
