@@ -200,7 +200,7 @@ def test_a_section_passes_whole_into_the_calls_it_configures() -> None:
     import lightning as L
 
     from pneumo.data.datamodule import XrayDataModule
-    from pneumo.training import PneumoniaClassifier
+    from pneumo.training.module import PneumoniaClassifier
 
     train = load_section("train", ROOT / "params.yaml")
     # a Lightning upgrade adding a Trainer argument named like a train key would show here
