@@ -31,10 +31,11 @@ import torch.nn.functional as F  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from fixtures import write_blob_dataset  # noqa: E402
-from pneumo.data import XrayDataModule  # noqa: E402
+from pneumo.data.datamodule import XrayDataModule  # noqa: E402
 from pneumo.model import build_network, normalize  # noqa: E402
 from pneumo.params import kwargs_for, load_section  # noqa: E402
-from pneumo.training import PneumoniaClassifier, pos_weight_from_targets  # noqa: E402
+from pneumo.training.losses import pos_weight_from_targets  # noqa: E402
+from pneumo.training.module import PneumoniaClassifier  # noqa: E402
 
 WARMUP = 3
 PARAMS = ROOT / "params.yaml"

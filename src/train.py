@@ -26,15 +26,12 @@ def main() -> None:
     import torch
 
     from pneumo.atomic import write_json
-    from pneumo.data import XrayDataModule
+    from pneumo.data.datamodule import XrayDataModule
     from pneumo.model import export_model
-    from pneumo.training import (
-        PneumoniaClassifier,
-        fit,
-        network_from_checkpoint,
-        resolve_pos_weight,
-        write_curves,
-    )
+    from pneumo.training.fit import fit
+    from pneumo.training.losses import resolve_pos_weight
+    from pneumo.training.module import PneumoniaClassifier, network_from_checkpoint
+    from pneumo.training.outputs import write_curves
 
     if p.threads:
         torch.set_num_threads(p.threads)

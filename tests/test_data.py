@@ -13,17 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from fixtures import write_blob_dataset
-from pneumo.data import (
-    DataError,
-    EpochSampler,
-    MemmapImages,
-    XrayDataModule,
-    augment_batch,
-    balanced_weights,
-    random_affine,
-    read_stats,
-    read_targets,
-)
+from pneumo.data.augment import augment_batch, random_affine
+from pneumo.data.datamodule import XrayDataModule
+from pneumo.data.dataset import DataError, MemmapImages, read_stats, read_targets
+from pneumo.data.sampler import EpochSampler, balanced_weights
 from pneumo.model import normalize
 
 AUG = dict(rotation_deg=10.0, translate=0.1, scale=0.1, brightness=0.2, contrast=0.2, hflip=True)

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from torchvision import models
 
 from fixtures import write_blob_dataset
-from pneumo.data import XrayDataModule
+from pneumo.data.datamodule import XrayDataModule
 from pneumo.model import (
     ARCHS,
     WEIGHT_URLS,
@@ -31,18 +31,10 @@ from pneumo.model import (
     split_network,
 )
 from pneumo.resnet import ResNet18
-from pneumo.training import (
-    AtomicCheckpointIO,
-    PneumoniaClassifier,
-    focal_loss,
-    network_from_checkpoint,
-    pos_weight_from_targets,
-    remove_stale_temporaries,
-    resolve_pos_weight,
-    training_summary,
-    training_timing,
-    write_curves,
-)
+from pneumo.training.checkpoints import AtomicCheckpointIO, remove_stale_temporaries
+from pneumo.training.losses import focal_loss, pos_weight_from_targets, resolve_pos_weight
+from pneumo.training.module import PneumoniaClassifier, network_from_checkpoint
+from pneumo.training.outputs import training_summary, training_timing, write_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")

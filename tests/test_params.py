@@ -199,8 +199,8 @@ def test_train_reports_bad_params_before_importing_torch(tmp_path: Path) -> None
 def test_a_section_passes_whole_into_the_calls_it_configures() -> None:
     import lightning as L
 
-    from pneumo.data import XrayDataModule
-    from pneumo.training import PneumoniaClassifier
+    from pneumo.data.datamodule import XrayDataModule
+    from pneumo.training.module import PneumoniaClassifier
 
     train = load_section("train", ROOT / "params.yaml")
     # a Lightning upgrade adding a Trainer argument named like a train key would show here

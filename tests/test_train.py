@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import write_params
 from fixtures import write_blob_dataset
-from pneumo.data import read_targets
+from pneumo.data.dataset import read_targets
 from pneumo.model import load_exported, predict_proba
 
 ROOT = Path(__file__).resolve().parents[1]
