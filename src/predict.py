@@ -4,8 +4,13 @@
     python src/predict.py scans/ --json > preds.jsonl    # a folder, one JSON object per line
     python src/predict.py scan.dcm --cam heatmaps/       # plus the X-ray and its heat map
 
-Exit status: 0 all predicted, 1 some files failed (each has a line with its reason), 2 usage
-error (no model, bad operating point or arguments).
+A DICOM file that is not a frontal chest radiograph (by its header: Modality, BodyPartExamined,
+ViewPosition, frames, colour; see ``pneumo.intended_use``) is refused with its reason; ``--no-gate``
+predicts it anyway, for research, and every answer then says ``gate: off``. PNG and JPEG files have
+no header to check. A model trained on synthetic data gets a warning with every answer.
+
+Exit status: 0 all predicted, 1 some files failed or were refused (each has a line with its
+reason), 2 usage error (no model, bad operating point or arguments).
 """
 
 from __future__ import annotations
@@ -35,14 +40,18 @@ from pneumo.deployment import (  # noqa: E402
     resolve_operating_point,
 )
 from pneumo.file_inference import find_images, predict_files  # noqa: E402
+from pneumo.intended_use import OFF as GATE_OFF  # noqa: E402
 from pneumo.model import Exported  # noqa: E402
+from pneumo.provenance import provenance_warning  # noqa: E402
 from pneumo.results import (  # noqa: E402
     CAM_ALPHA,
     Failure,
+    Refusal,
     cam_names,
     error_record,
     heatmap_png,
     record,
+    refused_record,
     verdict,
 )
 
@@ -82,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cam", type=Path, metavar="DIR", help="write a heat-map PNG per image here")
     p.add_argument("--cam-method", choices=CAM_METHODS, default="cam")
     p.add_argument("--json", action="store_true", help="one JSON object per line (JSONL)")
+    p.add_argument(
+        "--no-gate",
+        dest="gate",
+        action="store_false",
+        help="research use: predict files the intended-use gate refuses (answers say gate: off)",
+    )
     p.add_argument("--batch-size", type=_count(1), default=32)
     p.add_argument(
         "--workers", type=_count(0), default=2, help="image-decoding threads (0: decode inline)"
@@ -103,20 +118,29 @@ def main(argv: list[str] | None = None) -> int:
     identity = model_identity(model)
     if note:
         print(f"note: {note}", file=sys.stderr)
+    warning = provenance_warning(model.provenance)
     if not args.json:
+        source = model.provenance["data_source"] if model.provenance else None
+        trained = f"trained on {source} data" if source else "no provenance recorded"
         print(
             f"model {args.model} ({identity['id']}, {model.arch}, {model.image_size}px "
-            f"{model.resize_mode}); operating point {op.threshold:.4f} from {op.source}",
+            f"{model.resize_mode}, {trained}); operating point {op.threshold:.4f} "
+            f"from {op.source}",
             file=sys.stderr,
         )
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        if not args.gate:
+            print("warning: intended-use gate off (--no-gate): research use only", file=sys.stderr)
     inputs = find_images(args.paths)
     for path, reason in inputs.errors:
         print_failure(Failure(path, reason), args.json)
-    n_ok, n_failed = predict_and_print(model, op, identity, inputs.files, args)
+    n_ok, n_failed, n_refused = predict_and_print(model, op, identity, inputs.files, args, warning)
     n_failed += len(inputs.errors)
     skipped = f", {inputs.skipped} non-image files skipped" if inputs.skipped else ""
-    print(f"{n_ok} predicted, {n_failed} failed{skipped}", file=sys.stderr)
-    return EXIT_FAILED if n_failed else EXIT_OK
+    refused = f", {n_refused} refused" if n_refused else ""
+    print(f"{n_ok} predicted, {n_failed} failed{refused}{skipped}", file=sys.stderr)
+    return EXIT_FAILED if n_failed or n_refused else EXIT_OK
 
 
 def predict_and_print(
@@ -125,8 +149,10 @@ def predict_and_print(
     identity: dict[str, Any],
     files: list[Path],
     args: argparse.Namespace,
-) -> tuple[int, int]:
-    """Predict ``files``, print a line per file (writing its heat map); (predicted, failed)."""
+    warning: str | None,
+) -> tuple[int, int, int]:
+    """Predict ``files``, print a line per file (writing its heat map); (predicted, failed,
+    refused)."""
     cam_dir: Path | None = args.cam
     results = predict_files(
         model,
@@ -134,39 +160,44 @@ def predict_and_print(
         batch_size=args.batch_size,
         workers=args.workers,
         cam_method=args.cam_method if cam_dir is not None else None,
+        gate=args.gate,
     )
     # one result per file, in order, so the names line up even when a file is given twice
     names = cam_names(files) if cam_dir is not None else [None] * len(files)
-    n_ok = n_failed = 0
+    n_ok = n_failed = n_refused = 0
     for res, name in zip(results, names, strict=True):
-        if isinstance(res, Failure):
+        if isinstance(res, Failure | Refusal):
             print_failure(res, args.json)
-            n_failed += 1
+            n_failed += isinstance(res, Failure)
+            n_refused += isinstance(res, Refusal)
             continue
         cam_path = cam_dir / name if cam_dir is not None and name else None
-        rec = record(res, op, identity, cam=str(cam_path) if cam_path else None)
+        rec = record(res, op, identity, str(cam_path) if cam_path else None, warning)
         if cam_path is not None:
             write_bytes(
                 cam_path, heatmap_png(res.image, res.cam_map, rec, args.cam_method, CAM_ALPHA)
             )
         print(json.dumps(rec) if args.json else text_line(rec), flush=args.json)
         n_ok += 1
-    return n_ok, n_failed
+    return n_ok, n_failed, n_refused
 
 
-def print_failure(f: Failure, as_json: bool) -> None:
-    """A file that could not be predicted: a JSON line on stdout, or a text line on stderr."""
+def print_failure(f: Failure | Refusal, as_json: bool) -> None:
+    """A file that was not predicted: a JSON line on stdout, or a text line on stderr."""
+    refused = isinstance(f, Refusal)
     if as_json:
-        print(json.dumps(error_record(f.file, f.reason)), flush=True)
+        rec = refused_record(f.file, f.reason) if refused else error_record(f.file, f.reason)
+        print(json.dumps(rec), flush=True)
     else:
-        print(f"{f.file}: error: {f.reason}", file=sys.stderr)
+        print(f"{f.file}: {'refused' if refused else 'error'}: {f.reason}", file=sys.stderr)
 
 
 def text_line(rec: dict[str, Any]) -> str:
     """One human-readable line for a prediction record."""
     d = rec["decisions"]
     m = rec["model"]
-    extra = "".join(f"  [{n}]" for n in rec["notes"])
+    gate_off = ["gate off: research use"] if rec["gate"] == GATE_OFF else []
+    extra = "".join(f"  [{n}]" for n in gate_off + rec["notes"])
     cam = f"  cam {rec['cam']}" if rec["cam"] else ""
     return (
         f"{rec['file']}: p={rec['prob']:.4f}  {verdict(d['operating_point']).upper()} at "

@@ -8,8 +8,11 @@
 ``POST /predict`` answers the JSON object of ``src/predict.py --json``; with ``?cam=true`` (or
 ``POST /predict/cam``) the X-ray and its heat map as a PNG, the probability in ``X-Probability``.
 Refused requests get a 4xx and ``{"error": reason}``: 413 too large, 400 empty or malformed,
-415 not multipart, 422 not a readable image. Uploads are streamed to a private temporary
-directory under a name the service makes up, and deleted after the answer.
+415 not multipart, 422 not a readable image, or a DICOM file that the intended-use gate refuses
+(not a frontal chest radiograph: ``pneumo.intended_use``; the body then also has ``refused``).
+``?gate=false`` predicts it anyway, for research, and the answer says ``"gate": "off"``. Uploads
+are streamed to a private temporary directory under a name the service makes up, and deleted
+after the answer.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from pneumo.deployment import (  # noqa: E402
     load_model,
     resolve_operating_point,
 )
-from pneumo.file_inference import Predictor  # noqa: E402
+from pneumo.file_inference import Predictor, Refused  # noqa: E402
 from pneumo.image_io.errors import ImageReadError  # noqa: E402
 from pneumo.upload import FORM_OVERHEAD, UploadError, receive_upload  # noqa: E402
 
@@ -114,20 +117,22 @@ def health(request: Request) -> dict[str, Any]:
         "threshold_source": predictor.op.source,
         "cam_method": predictor.cam_method,
         "max_bytes": request.app.state.max_bytes,
+        "provenance": predictor.model.provenance,
+        "warning": predictor.warning,
     }
 
 
-async def predict(request: Request, cam: bool = False) -> Response:
+async def predict(request: Request, cam: bool = False, gate: bool = True) -> Response:
     """One uploaded file (multipart field ``file``) -> its JSON record, or the heat-map PNG."""
-    return await _handle(request, cam)
+    return await _handle(request, cam, gate)
 
 
-async def predict_cam(request: Request) -> Response:
+async def predict_cam(request: Request, gate: bool = True) -> Response:
     """One uploaded file -> the X-ray and its heat map as a PNG."""
-    return await _handle(request, True)
+    return await _handle(request, True, gate)
 
 
-async def _handle(request: Request, cam: bool) -> Response:
+async def _handle(request: Request, cam: bool, gate: bool) -> Response:
     state = request.app.state
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > state.max_bytes + FORM_OVERHEAD:
@@ -151,8 +156,10 @@ async def _handle(request: Request, cam: bool) -> Response:
     predictor: Predictor = state.predictor
     try:
         rec, png = await run_in_threadpool(
-            predictor.predict_file, upload.path, upload.filename, cam
+            predictor.predict_file, upload.path, upload.filename, cam, gate
         )
+    except Refused as e:
+        return _error(422, e.reason, refused=e.reason, file=upload.filename)
     except ImageReadError as e:
         # e.reason, not str(e): the temporary path means nothing to the client
         return _error(422, e.reason, file=upload.filename)
@@ -168,7 +175,10 @@ async def _handle(request: Request, cam: bool) -> Response:
         "X-Positive": str(rec["positive"]).lower(),
         "X-Threshold": repr(rec["threshold"]),
         "X-Model-Id": rec["model"]["id"],
+        "X-Gate": rec["gate"],
     }
+    if rec["warning"]:
+        headers["X-Warning"] = rec["warning"]
     return Response(png, media_type="image/png", headers=headers)
 
 

@@ -21,13 +21,16 @@ PLOTS = Path("plots/train")
 
 def main() -> None:
     p = load_or_exit("train")
+    source = load_or_exit("data").source  # for the model's provenance only
     # imported after the params check: a typo is reported at once, not after 10 s of imports
     import lightning as L
     import torch
 
     from pneumo.atomic import write_json
     from pneumo.data.datamodule import XrayDataModule
+    from pneumo.data.dataset import read_targets
     from pneumo.model import export_model
+    from pneumo.provenance import dvc_dir_md5, training_provenance
     from pneumo.training.fit import fit
     from pneumo.training.losses import resolve_pos_weight
     from pneumo.training.module import PneumoniaClassifier, network_from_checkpoint
@@ -55,8 +58,22 @@ def main() -> None:
     write_json(METRICS, result.summary)
     net, arch = network_from_checkpoint(result.best_checkpoint)
     s = dm.stats
+    provenance = training_provenance(
+        source,
+        dm.train_targets(),
+        read_targets(PROCESSED, "val"),
+        dvc_dir_md5(PROCESSED),
+        p.model_dump(mode="json"),
+    )
     export_model(
-        MODEL_DIR / "model.pt", net, arch, s["image_size"], s["resize_mode"], dm.mean, dm.std
+        MODEL_DIR / "model.pt",
+        net,
+        arch,
+        s["image_size"],
+        s["resize_mode"],
+        dm.mean,
+        dm.std,
+        provenance=provenance,
     )
     best, t = result.summary, result.timing
     print(f"best val AUROC {best['best_val_auroc']:.4f} at epoch {best['best_epoch']}")

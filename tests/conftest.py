@@ -3,6 +3,7 @@ tiny exported model for the prediction command and the web service."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# beside the repository, or where PNEUMO_SHARED_DATA says (a worktree sits elsewhere)
+SHARED_DATA = Path(os.environ.get("PNEUMO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DICOM_ZOO = SHARED_DATA / "dicom-zoo"
 REAL_CXR = SHARED_DATA / "real-cxr"
 # the tiny model's input: resnet18 gives 2 x 2 feature maps, enough for a heat map

@@ -22,6 +22,7 @@ from conftest import write_params
 from fixtures import write_blob_dataset
 from pneumo.data.dataset import read_targets
 from pneumo.model import load_exported, predict_proba
+from pneumo.provenance import dvc_dir_md5
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "src" / "train.py"
@@ -108,6 +109,11 @@ def test_outputs_and_same_seed_gives_the_same_metrics(tmp_path, monkeypatch):
     stats = json.loads((tmp_path / "a" / "data" / "processed" / "stats.json").read_text())
     assert (exported.image_size, exported.resize_mode) == (32, "pad")
     assert (exported.mean, exported.std) == (stats["mean"], stats["std"])
+    # its provenance: the params' data.source, split counts, DVC's hash of data/processed
+    prov = exported.provenance
+    assert prov["data_source"] == "synthetic" and prov["train"]["n"] == 64
+    assert prov["val"]["n"] == 31 and prov["params"]["train"]["lr"] == 0.003
+    assert prov["data_processed_md5"] == dvc_dir_md5(tmp_path / "a" / "data" / "processed")
 
 
 def _wait(proc: subprocess.Popen, ready, timeout: float = 120) -> None:

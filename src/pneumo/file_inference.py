@@ -8,7 +8,8 @@ Folders are predicted in batches while a small thread pool decodes the next imag
 JPEG decoder and resize release the GIL, so decoding overlaps the forward pass. The service
 predicts one upload at a time through a ``Predictor``.
 
-The decision at the operating point uses ``p >= threshold`` as the evaluate stage does.
+The decision at the operating point uses ``p >= threshold`` as the evaluate stage does. Before a
+file is decoded, the intended-use gate (``pneumo.intended_use``) may refuse it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,15 @@ from pneumo.cam.maps import METHODS, compute_maps
 from pneumo.deployment import model_identity
 from pneumo.image_io.errors import ImageReadError
 from pneumo.imaging import SquareImage, load_square
+from pneumo.intended_use import admit
 from pneumo.model import Exported, normalize, predict_proba
 from pneumo.operating_point import OperatingPoint
+from pneumo.provenance import provenance_warning
 from pneumo.results import (
     CAM_ALPHA,
     Failure,
     Prediction,
+    Refusal,
     heatmap_png,
     record,
 )
@@ -93,9 +97,24 @@ def _walk(root: Path) -> tuple[list[Path], int]:
     return sorted(found), skipped  # path order: a/x.dcm before b.png, at any depth
 
 
-def _load(path: Path, size: int, mode: str) -> SquareImage | Failure:
+@dataclass(frozen=True)
+class Loaded:
+    """A file admitted by the intended-use gate, decoded, with the gate's verdict."""
+
+    square: SquareImage
+    gate: str
+
+
+Item = Loaded | Failure | Refusal
+
+
+def _load(path: Path, size: int, mode: str, gate: bool) -> Item:
     try:
-        return load_square(path, size, mode)
+        admission = admit(path, gate)
+        if admission.refused is not None:
+            return Refusal(str(path), admission.refused)
+        sq = load_square(path, size, mode)
+        return Loaded(replace(sq, notes=sq.notes + admission.notes), admission.gate)
     except ImageReadError as e:
         return Failure(str(path), e.reason)
     except Exception as e:  # a decoder bug must cost one file, not the run
@@ -103,30 +122,36 @@ def _load(path: Path, size: int, mode: str) -> SquareImage | Failure:
 
 
 def load_images(
-    files: Sequence[Path], size: int, mode: str, workers: int = 2, prefetch: int = 64
-) -> Iterator[tuple[Path, SquareImage | Failure]]:
-    """(file, square image or failure) in input order; ``workers`` threads decode ahead.
+    files: Sequence[Path],
+    size: int,
+    mode: str,
+    workers: int = 2,
+    prefetch: int = 64,
+    gate: bool = True,
+) -> Iterator[tuple[Path, Item]]:
+    """(file, loaded image, failure or refusal) in input order; ``workers`` threads decode ahead.
 
     At most ``prefetch`` decoded images wait for the consumer, so memory does not grow with the
-    number of files. ``workers = 0`` decodes in the calling thread.
+    number of files. ``workers = 0`` decodes in the calling thread. ``gate`` False turns the
+    intended-use gate off (research use): each answer then says so.
     """
     if workers <= 0 or len(files) <= 1:
         for f in files:
-            yield f, _load(f, size, mode)
+            yield f, _load(f, size, mode, gate)
         return
     pending: deque[tuple[Path, Future]] = deque()
     it = iter(files)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-load") as pool:
         try:
             for f in it:
-                pending.append((f, pool.submit(_load, f, size, mode)))
+                pending.append((f, pool.submit(_load, f, size, mode, gate)))
                 if len(pending) >= max(prefetch, workers):
                     break
             while pending:
                 f, fut = pending.popleft()
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append((nxt, pool.submit(_load, nxt, size, mode)))
+                    pending.append((nxt, pool.submit(_load, nxt, size, mode, gate)))
                 yield f, fut.result()
         finally:
             for _, fut in pending:  # the consumer stopped early: do not decode the rest
@@ -158,18 +183,19 @@ def predict_files(
     batch_size: int = 32,
     workers: int = 2,
     cam_method: str | None = None,
-) -> Iterator[Prediction | Failure]:
+    gate: bool = True,
+) -> Iterator[Prediction | Failure | Refusal]:
     """Predict ``files`` in batches, yielding one result per file in input order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    window: list[tuple[Path, SquareImage | Failure]] = []
+    window: list[tuple[Path, Item]] = []
     n_ok = 0
     loaded = load_images(
-        files, model.image_size, model.resize_mode, workers, prefetch=2 * batch_size
+        files, model.image_size, model.resize_mode, workers, prefetch=2 * batch_size, gate=gate
     )
     for item in loaded:
         window.append(item)
-        n_ok += isinstance(item[1], SquareImage)
+        n_ok += isinstance(item[1], Loaded)
         if n_ok == batch_size:
             yield from _run_window(model, window, cam_method)
             window, n_ok = [], 0
@@ -178,26 +204,35 @@ def predict_files(
 
 
 def _run_window(
-    model: Exported, window: list[tuple[Path, SquareImage | Failure]], cam_method: str | None
-) -> Iterator[Prediction | Failure]:
-    ok = [sq for _, sq in window if isinstance(sq, SquareImage)]
+    model: Exported, window: list[tuple[Path, Item]], cam_method: str | None
+) -> Iterator[Prediction | Failure | Refusal]:
+    ok = [item.square for _, item in window if isinstance(item, Loaded)]
     probs, maps = (
         predict_batch(model, np.stack([sq.image for sq in ok]), cam_method) if ok else (None, None)
     )
     j = 0
-    for path, sq in window:
-        if isinstance(sq, Failure):
-            yield sq
+    for path, item in window:
+        if not isinstance(item, Loaded):
+            yield item
             continue
         keep = maps is not None
         yield Prediction(
             file=str(path),
             prob=float(probs[j]),
-            notes=sq.notes,
-            image=sq.image if keep else None,
+            notes=item.square.notes,
+            image=item.square.image if keep else None,
             cam_map=maps[j] if keep else None,
+            gate=item.gate,
         )
         j += 1
+
+
+class Refused(Exception):
+    """The intended-use gate refused an upload; ``reason`` is its one-line reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Predictor:
@@ -223,21 +258,27 @@ class Predictor:
         self.cam_method = cam_method
         self.alpha = alpha
         self.identity = model_identity(model)
+        self.warning = provenance_warning(model.provenance)
         self._lock = threading.Lock()
         self._decoding = threading.BoundedSemaphore(max_decoding)
 
     def predict_file(
-        self, path: Path, display_name: str, cam: bool = False
+        self, path: Path, display_name: str, cam: bool = False, gate: bool = True
     ) -> tuple[dict[str, Any], bytes | None]:
-        """(record, heat-map PNG or None) for one file; raises ``ImageReadError``."""
+        """(record, heat-map PNG or None) for one file; raises ``ImageReadError`` or ``Refused``."""
         with self._decoding:
+            admission = admit(path, gate)
+            if admission.refused is not None:
+                raise Refused(admission.refused)
             sq = load_square(path, self.model.image_size, self.model.resize_mode)
         with self._lock:
             probs, maps = predict_batch(
                 self.model, sq.image[None], self.cam_method if cam else None
             )
-        pred = Prediction(display_name, float(probs[0]), sq.notes)
-        rec = record(pred, self.op, self.identity)
+        pred = Prediction(
+            display_name, float(probs[0]), sq.notes + admission.notes, gate=admission.gate
+        )
+        rec = record(pred, self.op, self.identity, warning=self.warning)
         if maps is None:
             return rec, None
         return rec, heatmap_png(sq.image, maps[0], rec, self.cam_method, self.alpha)

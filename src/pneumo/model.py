@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -171,6 +173,7 @@ class Exported:
     std: float
     sha256: str  # identity of the file, reported by prediction
     last_stride: int  # see build_network
+    provenance: dict | None  # pneumo.provenance's dict; None in files from before it
 
 
 def export_model(
@@ -181,8 +184,12 @@ def export_model(
     resize_mode: str,
     mean: float,
     std: float,
+    provenance: Mapping[str, Any] | None = None,
 ) -> None:
     """Write weights and metadata as a plain dict (readable with ``weights_only=True``).
+
+    ``provenance`` (see :mod:`pneumo.provenance`) holds only plain values, so the file stays
+    loadable with ``weights_only=True`` and byte-identical for the same code, params and data.
 
     Written to a temporary name and renamed, so an interrupted run never leaves a torn file.
     """
@@ -194,6 +201,7 @@ def export_model(
         "mean": float(mean),
         "std": float(std),
         "last_stride": last_stride_of(net, arch),
+        "provenance": None if provenance is None else dict(provenance),
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
     }
     # through a file object: given a path, torch.save names the archive's root folder after the
@@ -228,6 +236,7 @@ def load_exported(path: str | Path, map_location: str = "cpu") -> Exported:
         std=payload["std"],
         sha256=digest,
         last_stride=last_stride,
+        provenance=payload.get("provenance"),  # absent from files from before provenance
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pneumo.intended_use import PASSED
 from pneumo.operating_point import OperatingPoint
 
 # the reference pipelines' thresholds, reported beside the operating point
@@ -34,11 +35,20 @@ class Prediction:
     notes: tuple[str, ...] = ()
     image: np.ndarray | None = None  # (S, S) uint8 as the model saw it
     cam_map: np.ndarray | None = None  # (S, S) float32 in [0, 1]
+    gate: str = PASSED  # the intended-use gate's verdict: passed, no header or off
 
 
 @dataclass(frozen=True)
 class Failure:
     """A file that could not be predicted, with the reader's one-line reason."""
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A file the intended-use gate refused, with its one-line reason."""
 
     file: str
     reason: str
@@ -56,6 +66,7 @@ def record(
     op: OperatingPoint,
     identity: dict[str, Any],
     cam: str | None = None,
+    warning: str | None = None,
 ) -> dict[str, Any]:
     """The stable JSON object of one prediction (the same keys for every file)."""
     return {
@@ -68,12 +79,19 @@ def record(
         "model": identity,
         "cam": cam,
         "notes": list(pred.notes),
+        "gate": pred.gate,
+        "warning": warning,
     }
 
 
 def error_record(file: str, reason: str) -> dict[str, Any]:
     """The JSON object of a file that could not be predicted."""
     return {"file": file, "error": reason}
+
+
+def refused_record(file: str, reason: str) -> dict[str, Any]:
+    """The JSON object of a file the intended-use gate refused."""
+    return {"file": file, "refused": reason}
 
 
 def verdict(positive: bool) -> str:
