@@ -33,7 +33,6 @@ from pneumo.cam.maps import METHODS as CAM_METHODS  # noqa: E402
 from pneumo.deployment import (  # noqa: E402
     DEFAULT_MODEL,
     DEFAULT_OPERATING_POINT,
-    OperatingPoint,
     UsageError,
     load_model,
     model_identity,
@@ -42,6 +41,7 @@ from pneumo.deployment import (  # noqa: E402
 from pneumo.file_inference import find_images, predict_files  # noqa: E402
 from pneumo.intended_use import OFF as GATE_OFF  # noqa: E402
 from pneumo.model import Exported  # noqa: E402
+from pneumo.operating_point import OperatingPoint  # noqa: E402
 from pneumo.provenance import provenance_warning  # noqa: E402
 from pneumo.results import (  # noqa: E402
     CAM_ALPHA,

@@ -383,7 +383,7 @@ def _inputs(root: Path) -> CamInputs:
 
 def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
     net, probs = _fake_pipeline(tmp_path)
-    model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test", last_stride=2)
+    model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test", last_stride=2, provenance=None)
     test = _inputs(tmp_path)
     kwargs = dict(
         decision_threshold=0.5,
@@ -434,7 +434,7 @@ def test_shift_averaged_maps_are_the_mean_of_the_moved_maps():
 
 def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):
     net, _ = _fake_pipeline(tmp_path)
-    model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test", last_stride=2)
+    model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test", last_stride=2, provenance=None)
     val = read_predicted_split(
         tmp_path / "data/processed", tmp_path / "data/predictions/val.csv", "val"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pneumo.layout import MODEL, OPERATING_POINT
 from pneumo.model import Exported, load_exported
 from pneumo.operating_point import (
     OperatingPoint,
@@ -18,8 +19,8 @@ from pneumo.operating_point import (
     operating_point_or_fallback,
 )
 
-DEFAULT_MODEL = Path("data/model/model.pt")
-DEFAULT_OPERATING_POINT = Path("data/operating_point.json")
+DEFAULT_MODEL = MODEL  # the train stage's export, relative to the repository root
+DEFAULT_OPERATING_POINT = OPERATING_POINT  # the evaluate stage's choice
 ID_CHARS = 12  # hex digits of the model file's sha256 that identify it
 
 
