@@ -53,16 +53,19 @@ def read_image_with_notes(path: str | Path) -> ReadResult:
 def _quiet_pydicom() -> Iterator[list[warnings.WarningMessage]]:
     # pydicom both warns and logs each header oddity (RSNA: "Invalid value for VR AS" on every
     # file); the warnings are recorded so a rejection can quote them, the log records dropped.
-    # Both switches are process-wide (not thread-safe): the stage reads in processes, not threads.
+    # The records go through a filter of this call's own, not a saved-and-restored logger level:
+    # prediction reads in threads, and two threads restoring each other's level left pydicom's
+    # logger silenced for good. (The warnings filter stays process-wide: the preprocess stage
+    # reads in processes; prediction's threads may lose a note, never the image.)
     logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    drop = logging.Filter(name="\0")  # matches no logger name: drops every record
+    logger.addFilter(drop)
     try:
         with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
             warnings.simplefilter("always")
             yield caught
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(drop)
 
 
 def _read_any(path: Path, notes: list[str], caught: list[warnings.WarningMessage]) -> np.ndarray:
