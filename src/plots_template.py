@@ -22,6 +22,8 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
+from dvc_render.html import PAGE_HTML
+
 from pneumo.atomic import write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,25 +52,6 @@ PACKAGES = [
 ]
 # what dvc-render substitutes in the template; inlined code must not contain them
 PLACEHOLDERS = ("{plot_divs}", "{scripts}", "{refresh_tag}")
-
-PAGE = """<!DOCTYPE html>
-<html>
-<head>
-    {refresh_tag}
-    <meta charset="utf-8">
-    <title>DVC Plot</title>
-{inlined}
-    <style>
-        table {{
-            border-spacing: 15px;
-        }}
-    </style>
-</head>
-<body>
-    {plot_divs}
-</body>
-</html>
-"""
 
 
 def fetch(name: str, version: str, sha512: str) -> bytes:
@@ -104,9 +87,10 @@ def main() -> None:
         code, licence = members(fetch(name, version, sha512), build, "LICENSE")
         tags.append(script_tag(name, version, code, licence))
         print(f"{name} {version}: {len(code) / 1e3:.0f} kB", file=sys.stderr)
-    # escape the page's own braces for str.format, keep dvc-render's placeholders
-    page = PAGE.replace("{refresh_tag}", "{{refresh_tag}}").replace("{plot_divs}", "{{plot_divs}}")
-    write_bytes(OUT, page.format(inlined="\n".join(tags)).encode("utf-8"))
+    # dvc-render's own page, with the scripts in place of its {scripts} (the CDN tags); the
+    # charset, because the inlined code is UTF-8 and a file:// page has no header to say so
+    page = PAGE_HTML.replace("{scripts}", '<meta charset="utf-8">\n' + "\n".join(tags))
+    write_bytes(OUT, page.encode("utf-8"))
     print(f"wrote {OUT.relative_to(ROOT)}", file=sys.stderr)
 
 
