@@ -16,7 +16,7 @@ from torch import nn
 
 from conftest import run_stage
 from pneumo.cam.analysis import analyse, tune_map_thresholds
-from pneumo.cam.gallery import GROUPS, Tile, caption, overlay, render_gallery, select_cases
+from pneumo.cam.gallery import GROUPS, Tile, caption, render_gallery, select_cases
 from pneumo.cam.inputs import CamInputs, read_predicted_split
 from pneumo.cam.localization import (
     box_mask,
@@ -34,6 +34,7 @@ from pneumo.cam.maps import (
     compute_maps,
     normalize_maps,
 )
+from pneumo.cam.overlay import overlay
 from pneumo.model import (
     ARCHS,
     Exported,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pneumo.cam.overlay import overlay
 from pneumo.intended_use import PASSED
 from pneumo.operating_point import OperatingPoint
 
@@ -101,8 +102,6 @@ def verdict(positive: bool) -> str:
 
 def cam_image(image: np.ndarray, cam_map: np.ndarray, caption: str, alpha: float) -> Image.Image:
     """The X-ray and its heat-map overlay side by side, with a caption strip underneath."""
-    from pneumo.cam.gallery import overlay
-
     s = image.shape[0]
     side = max(s, CAM_PANEL)
     gap, strip = 4, 20

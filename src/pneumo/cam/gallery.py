@@ -1,4 +1,4 @@
-"""The CAM gallery: maps overlaid on their X-rays, the TP / FP / FN / TN cases, their PNG grids."""
+"""The CAM gallery: the TP / FP / FN / TN cases and their PNG grids of maps over X-rays."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
 
 from pneumo.atomic import atomic_path
+from pneumo.cam.overlay import overlay
 
 if TYPE_CHECKING:
     from pneumo.cam.analysis import CamResult
@@ -33,16 +33,6 @@ GAP = 16  # between tiles and around the grid
 CAPTION = 32
 HEADER = 48
 COLS = 2  # tiles per row; each tile is two panels wide
-
-
-def overlay(img: np.ndarray, cam_map: np.ndarray, alpha: float) -> np.ndarray:
-    """RGB uint8 (S, S, 3): the gray image blended with the jet-coloured map (weight ``alpha``)."""
-    if img.shape != cam_map.shape or img.ndim != 2:
-        raise ValueError(f"image {img.shape} and map {cam_map.shape} must be the same 2-D shape")
-    jet = matplotlib.colormaps["jet"](np.clip(cam_map, 0.0, 1.0))[..., :3]
-    gray = np.repeat(img.astype(np.float64)[..., None] / 255.0, 3, axis=2)
-    out = (1.0 - alpha) * gray + alpha * jet
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
 def select_cases(
@@ -90,7 +80,6 @@ def render_gallery(path: Path, title: str, tiles: Sequence[Tile], alpha: float) 
 
     With no tiles the PNG says "no cases", so every declared output exists.
     """
-    # imported here: the predict command's heat maps (overlay) need only the colour map
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pneumo.cam.head import METHODS as METHODS  # re-exported: the methods are defined there
+from pneumo.cam.head import check_method
 from pneumo.model import split_network
 
 Method = Literal["cam", "gradcam", "gradcam++"]
-METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcam++")
 
 
 def class_activation_maps(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -61,8 +62,7 @@ def activation_maps(
     ReLU to the weighted sum first, then the same normalisation. Maps are normalised at feature
     resolution and then upsampled bilinearly, which keeps them in [0, 1].
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    check_method(method)
     acts = acts.detach().float()
     if method == "cam":
         with torch.no_grad():
