@@ -23,24 +23,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Before torch is imported: OpenMP threads that spin while waiting steal the cores from each
-# other and from the image decoders whenever anything else runs; sleeping threads made one
-# image's forward pass 30x and a batch 2x faster on a busy 2-core machine (bench/predict.py).
+# Before torch is imported (--runtime torch): OpenMP threads that spin while waiting steal the
+# cores from each other and from the image decoders whenever anything else runs; sleeping threads
+# made one image's forward pass 30x and a batch 2x faster on a busy 2-core machine
+# (bench/predict.py). onnxruntime's threads are told the same by pneumo.runtime.onnx_model.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pneumo.atomic import write_bytes  # noqa: E402
-from pneumo.cam.maps import METHODS as CAM_METHODS  # noqa: E402
+from pneumo.cam.head import METHODS as CAM_METHODS  # noqa: E402
 from pneumo.deployment import (  # noqa: E402
-    DEFAULT_MODEL,
+    DEFAULT_MODELS,
     DEFAULT_OPERATING_POINT,
+    DEFAULT_RUNTIME,
     UsageError,
     load_model,
     model_identity,
     resolve_operating_point,
+    runtime_for,
 )
 from pneumo.file_inference import find_images, predict_files  # noqa: E402
 from pneumo.intended_use import OFF as GATE_OFF  # noqa: E402
-from pneumo.model import Exported  # noqa: E402
 from pneumo.operating_point import OperatingPoint  # noqa: E402
 from pneumo.provenance import provenance_warning  # noqa: E402
 from pneumo.results import (  # noqa: E402
@@ -54,6 +56,7 @@ from pneumo.results import (  # noqa: E402
     refused_record,
     verdict,
 )
+from pneumo.runtime import RUNTIMES, InferenceModel  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -79,7 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (argparse exits with status 2 on a usage error)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursive)")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="exported model file")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help=f"onnxruntime: the ONNX export, without torch; torch: model.pt (default: by the "
+        f"--model file's suffix, {DEFAULT_RUNTIME} without --model)",
+    )
+    defaults = ", ".join(f"{r}: {m}" for r, m in DEFAULT_MODELS.items())
+    p.add_argument("--model", type=Path, help=f"model file (default {defaults})")
     p.add_argument(
         "--threshold", type=probability, help="decision threshold (overrides the operating point)"
     )
@@ -109,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         op, note = resolve_operating_point(args.threshold, args.operating_point)
-        model = load_model(args.model)
+        model_path, runtime = runtime_for(args.model, args.runtime)
+        model = load_model(model_path, runtime)
         if args.cam is not None:
             args.cam.mkdir(parents=True, exist_ok=True)
     except (UsageError, OSError) as e:
@@ -123,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         source = model.provenance["data_source"] if model.provenance else None
         trained = f"trained on {source} data" if source else "no provenance recorded"
         print(
-            f"model {args.model} ({identity['id']}, {model.arch}, {model.image_size}px "
-            f"{model.resize_mode}, {trained}); operating point {op.threshold:.4f} "
+            f"model {model_path} ({identity['id']} on "
+            f"{model.runtime}, {model.arch}, {model.image_size}px {model.resize_mode}, "
+            f"{trained}); operating point {op.threshold:.4f} "
             f"from {op.source}",
             file=sys.stderr,
         )
@@ -144,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def predict_and_print(
-    model: Exported,
+    model: InferenceModel,
     op: OperatingPoint,
     identity: dict[str, Any],
     files: list[Path],

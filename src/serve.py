@@ -38,15 +38,17 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.requests import ClientDisconnect  # noqa: E402
 
-from pneumo.cam.maps import METHODS as CAM_METHODS  # noqa: E402
+from pneumo.cam.head import METHODS as CAM_METHODS  # noqa: E402
 from pneumo.deployment import (  # noqa: E402
-    DEFAULT_MODEL,
+    DEFAULT_MODELS,
     UsageError,
     load_model,
     resolve_operating_point,
+    runtime_for,
 )
 from pneumo.file_inference import Predictor, Refused  # noqa: E402
 from pneumo.image_io.errors import ImageReadError  # noqa: E402
+from pneumo.runtime import RUNTIMES  # noqa: E402
 from pneumo.upload import FORM_OVERHEAD, UploadError, receive_upload  # noqa: E402
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # an uncompressed 16-bit 3000 x 3000 CR is ~18 MB
@@ -72,8 +74,9 @@ def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
 
 
 def create_app(
-    model_path: Path = DEFAULT_MODEL,
+    model_path: Path | None = None,
     *,
+    runtime: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     threshold: float | None = None,
     operating_point: Path | None = None,
@@ -87,12 +90,13 @@ def create_app(
     op, note = resolve_operating_point(threshold, operating_point)
     if note:
         log.warning(note)
+    model_path, runtime = runtime_for(model_path, runtime)  # None: the ONNX export
     if not Path(model_path).is_file():
-        load_model(model_path)  # raises the UsageError that says how to get the model
+        load_model(model_path, runtime)  # raises the UsageError that says how to get the model
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.predictor = Predictor(load_model(model_path), op, cam_method)
+        app.state.predictor = Predictor(load_model(model_path, runtime), op, cam_method)
         app.state.max_bytes = max_bytes
         app.state.tmp_dir = Path(tempfile.mkdtemp(prefix="pneumo-serve-"))
         try:
@@ -184,7 +188,13 @@ async def _handle(request: Request, cam: bool, gate: bool) -> Response:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    defaults = ", ".join(f"{r}: {m}" for r, m in DEFAULT_MODELS.items())
+    p.add_argument("--model", type=Path, help=f"model file (default {defaults})")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="onnxruntime (no torch) or torch; default: by the --model suffix, else onnxruntime",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="upload size limit")
@@ -196,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = create_app(
             args.model,
+            runtime=args.runtime,
             max_bytes=args.max_bytes,
             threshold=args.threshold,
             operating_point=args.operating_point,

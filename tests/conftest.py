@@ -74,8 +74,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init ResNet18 exported at ``TINY_MODEL_SIZE`` (pad, mean 0.45, std 0.25)."""
+def torch_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init ResNet18 ``model.pt`` at ``TINY_MODEL_SIZE`` (pad, mean 0.45, std 0.25)."""
     import torch
 
     from pneumo.model import build_network, export_model
@@ -91,4 +91,16 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         0.45,
         0.25,
     )
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_path(torch_model_path: Path) -> Path:
+    """``torch_model_path`` exported to ONNX, as the export stage does: the file prediction loads
+    by default (on onnxruntime)."""
+    from pneumo.model import load_exported
+    from pneumo.onnx_export import export_onnx
+
+    path = torch_model_path.with_suffix(".onnx")
+    export_onnx(load_exported(torch_model_path), path)
     return path

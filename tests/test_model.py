@@ -133,15 +133,16 @@ def test_weight_file_names_are_torchvisions():
 
 
 def test_loading_a_resnet18_imports_neither_torchvision_nor_lightning(tmp_path):
-    """The predict command's cold start: a fresh process loads a model and predicts one image
-    through the command's own modules without importing either (about 3 s between them)."""
+    """The predict command on its torch fallback: a fresh process loads model.pt and predicts one
+    image through the command's own modules without importing either (about 3 s between them);
+    the default, onnxruntime, imports no torch at all (test_onnx)."""
     net = build_network("resnet18", last_stride=1, pretrained=False, weights_path=None)
     export_model(tmp_path / "model.pt", net, "resnet18", 32, "pad", 0.5, 0.25)
     code = (
         "import sys, numpy as np\n"
         "from pneumo import deployment, file_inference\n"
         f"m = deployment.load_model(__import__('pathlib').Path({str(tmp_path / 'model.pt')!r}))\n"
-        "probs, maps = file_inference.predict_batch(m, np.zeros((1, 32, 32), np.uint8), 'cam')\n"
+        "probs, maps = m.predict(np.zeros((1, 32, 32), np.uint8), 'cam')\n"
         "print(sorted(k for k in ('torchvision', 'lightning', 'torchmetrics', 'pandas')"
         " if k in sys.modules))\n"
     )

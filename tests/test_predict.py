@@ -23,7 +23,7 @@ from pneumo.deployment import load_model, model_identity, resolve_operating_poin
 from pneumo.file_inference import find_images, load_images, predict_files
 from pneumo.image_io.errors import ImageReadError
 from pneumo.imaging import load_for_model, load_square
-from pneumo.model import predict_proba
+from pneumo.model import load_exported, predict_proba
 from pneumo.preprocessing import build_cache
 from pneumo.results import CAM_PANEL, Failure, Prediction, cam_names
 from pneumo.split_schema import PREPROCESS_COLUMNS
@@ -99,7 +99,7 @@ def _write_split(path: Path, raw: Path, files: list[Path]) -> None:
 
 
 def test_cli_reports_the_probability_of_the_preprocessed_cache(
-    tmp_path, images, model_path, capsys
+    tmp_path, images, model_path, torch_model_path, capsys
 ):
     raw = images["png"].parent
     files = sorted(images.values())
@@ -122,8 +122,8 @@ def test_cli_reports_the_probability_of_the_preprocessed_cache(
         progress=False,
     )
     cached = np.load(processed / "test.npy", mmap_mode="r")
-    model = load_model(model_path)
-    expected = predict_proba(model.net, cached, model.mean, model.std, batch_size=4)
+    torch_model = load_exported(torch_model_path)  # the infer stage's model and forward pass
+    expected = predict_proba(torch_model.net, cached, torch_model.mean, torch_model.std, 4)
 
     # the real command, in a new process, as a person runs it
     cmd = [sys.executable, "src/predict.py", *map(str, files), "--model", str(model_path)]
@@ -131,7 +131,8 @@ def test_cli_reports_the_probability_of_the_preprocessed_cache(
     assert done.returncode == 0, done.stderr
     got = {r["file"]: r["prob"] for r in jsonl(done.stdout)}
     assert list(got) == [str(f) for f in files]
-    np.testing.assert_allclose([got[str(f)] for f in files], expected, rtol=0, atol=1e-6)
+    # on onnxruntime (the default) against torch: the export stage's bar
+    np.testing.assert_allclose([got[str(f)] for f in files], expected, rtol=0, atol=1e-5)
     # the probabilities differ between files, so the comparison could fail
     assert np.ptp(expected) > 1e-4
 
@@ -139,6 +140,11 @@ def test_cli_reports_the_probability_of_the_preprocessed_cache(
     code = predict_script.main(
         [*cmd[2:], "--json", "--cam", str(tmp_path / "cams"), "--batch-size", "3"]
     )
+    assert code == 0
+    probs = [r["prob"] for r in jsonl(capsys.readouterr().out)]
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-5)
+    # and on torch, the infer stage's forward pass itself
+    code = predict_script.main([*cmd[2:-2], "--model", str(torch_model_path), "--json"])
     assert code == 0
     probs = [r["prob"] for r in jsonl(capsys.readouterr().out)]
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
@@ -161,9 +167,7 @@ def test_batching_and_workers_do_not_change_results(images, model_path):
     np.testing.assert_allclose(probs[1], probs[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(probs[2], probs[0], rtol=0, atol=1e-6)
     one = load_for_model(files[0], SIZE, "pad")[None]
-    assert probs[0][0] == pytest.approx(
-        predict_proba(model.net, one, model.mean, model.std, batch_size=64)[0], abs=1e-6
-    )
+    assert probs[0][0] == pytest.approx(model.predict(one, None)[0][0], abs=1e-6)
 
 
 def test_load_images_prefetch_is_bounded_and_ordered(images):
@@ -203,7 +207,15 @@ def test_json_records_have_stable_keys_and_consistent_decisions(images, model_pa
         assert r["decisions"]["0.5"] == (r["prob"] >= 0.5)
         assert r["decisions"]["0.25"] == (r["prob"] >= 0.25)
         assert r["positive"] == r["decisions"]["operating_point"] == (r["prob"] >= r["threshold"])
-        assert set(r["model"]) == {"id", "arch", "image_size", "resize_mode"}
+        assert set(r["model"]) == {
+            "id",
+            "source_id",
+            "runtime",
+            "arch",
+            "image_size",
+            "resize_mode",
+        }
+        assert r["model"]["runtime"] == "onnxruntime"
         assert len(r["model"]["id"]) == 12 and r["model"]["image_size"] == SIZE
     colour = next(r for r in recs if r["file"].endswith("colour.jpg"))
     assert any("grayscale" in n for n in colour["notes"])
@@ -274,15 +286,29 @@ def test_folders_are_recursive_and_skip_non_images(images, model_path, tmp_path,
     assert code == 1 and "no DICOM, PNG or JPEG files (1 other files)" in err
 
 
-def test_missing_model_and_usage_errors_exit_two(images, tmp_path, capsys, model_path):
-    code, out, err = run_cli([images["png"], "--model", tmp_path / "none.pt"], capsys)
-    assert code == 2 and out == ""
-    assert "none.pt not found" in err and "dvc repro" in err and "dvc pull" in err
+def test_missing_model_and_usage_errors_exit_two(
+    images, tmp_path, capsys, model_path, torch_model_path
+):
+    for missing, stage in (("none.pt", "train"), ("none.onnx", "export")):
+        code, out, err = run_cli([images["png"], "--model", tmp_path / missing], capsys)
+        assert code == 2 and out == ""
+        assert f"{missing} not found" in err and f"dvc repro {stage}" in err and "dvc pull" in err
 
-    torn = tmp_path / "torn.pt"
-    torn.write_bytes(model_path.read_bytes()[:1000])
-    code, _, err = run_cli([images["png"], "--model", torn], capsys)
-    assert code == 2 and "cannot load the model" in err
+    for name, source in (("torn.pt", torch_model_path), ("torn.onnx", model_path)):
+        torn = tmp_path / name
+        torn.write_bytes(source.read_bytes()[:1000])
+        code, _, err = run_cli([images["png"], "--model", torn], capsys)
+        assert code == 2 and f"cannot load the model {torn}" in err, err
+
+    # a file of the other runtime, or one whose suffix names none, is a usage error that says so
+    code, _, err = run_cli([images["png"], "--model", model_path, "--runtime", "torch"], capsys)
+    assert code == 2 and "pass --runtime onnxruntime" in err
+    odd = tmp_path / "model.bin"
+    odd.write_bytes(model_path.read_bytes())
+    code, _, err = run_cli([images["png"], "--model", odd], capsys)
+    assert code == 2 and "cannot tell the runtime" in err
+    code, _, err = run_cli([images["png"], "--model", odd, "--runtime", "onnxruntime"], capsys)
+    assert code == 0, err
 
     for bad in (["--threshold", "1.5"], ["--batch-size", "0"], ["--cam-method", "x"], []):
         with pytest.raises(SystemExit) as exc:

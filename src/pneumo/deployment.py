@@ -1,8 +1,11 @@
-"""What a prediction is made with, loaded once: the exported model and the operating point.
+"""What a prediction is made with, loaded once: the model on its runtime and the operating point.
 
-Both are resolved before any image is read, and every problem a person can fix (no model, a
-torn file, a bad threshold) becomes a ``UsageError`` naming the file and the way out, which the
-predict command and the service report as a usage error.
+The default runtime is onnxruntime with the export stage's ``data/export/model.onnx``: no torch
+is imported. ``torch`` loads the train stage's ``data/model/model.pt`` instead (the fallback,
+and the reference the export is held to). Both are resolved before any image is read, and every
+problem a person can fix (no model, a torn file, a file of the other runtime, a bad threshold)
+becomes a ``UsageError`` naming the file and the way out, which the predict command and the
+service report as a usage error.
 """
 
 from __future__ import annotations
@@ -10,17 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pneumo.layout import MODEL, OPERATING_POINT
-from pneumo.model import Exported, load_exported
+from pneumo.layout import MODEL, ONNX_MODEL, OPERATING_POINT
 from pneumo.operating_point import (
     OperatingPoint,
     OperatingPointError,
     check_threshold,
     operating_point_or_fallback,
 )
+from pneumo.runtime import ONNXRUNTIME, RUNTIMES, TORCH, InferenceModel
 
-DEFAULT_MODEL = MODEL  # the train stage's export, relative to the repository root
+DEFAULT_RUNTIME = ONNXRUNTIME
+DEFAULT_MODELS = {ONNXRUNTIME: ONNX_MODEL, TORCH: MODEL}  # relative to the repository root
 DEFAULT_OPERATING_POINT = OPERATING_POINT  # the evaluate stage's choice
+_STAGE = {ONNXRUNTIME: "export", TORCH: "train"}
 ID_CHARS = 12  # hex digits of the model file's sha256 that identify it
 
 
@@ -28,28 +33,64 @@ class UsageError(Exception):
     """The command cannot start (missing or invalid model, operating point or arguments)."""
 
 
-def model_identity(model: Exported) -> dict[str, Any]:
-    """What names a model in every answer: short file hash, architecture, input size, resize."""
+def model_identity(model: InferenceModel) -> dict[str, Any]:
+    """What names a model in every answer: the loaded file's short hash, that of the trained
+    ``model.pt`` it comes from (the same for both runtimes), architecture, input, runtime."""
     return {
         "id": model.sha256[:ID_CHARS],
+        "source_id": model.source_sha256[:ID_CHARS],
+        "runtime": model.runtime,
         "arch": model.arch,
         "image_size": model.image_size,
         "resize_mode": model.resize_mode,
     }
 
 
-def load_model(path: Path) -> Exported:
-    """``load_exported`` with the errors a person can act on turned into ``UsageError``."""
+def runtime_for(path: Path | None, runtime: str | None) -> tuple[Path, str]:
+    """(model file, runtime): an explicit ``runtime`` wins, else the file's suffix (``.onnx``:
+    onnxruntime, ``.pt``: torch) decides; with neither, the ONNX export on onnxruntime."""
+    if runtime is not None and runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    by_suffix = {".onnx": ONNXRUNTIME, ".pt": TORCH}
+    if path is None:
+        runtime = runtime or DEFAULT_RUNTIME
+        return DEFAULT_MODELS[runtime], runtime
     path = Path(path)
+    suffix_runtime = by_suffix.get(path.suffix.lower())
+    if runtime is None and suffix_runtime is None:
+        raise UsageError(
+            f"{path}: cannot tell the runtime from the suffix {path.suffix!r}: name the file "
+            "*.onnx or *.pt, or pass --runtime"
+        )
+    runtime = runtime or suffix_runtime
+    if suffix_runtime is not None and suffix_runtime != runtime:
+        raise UsageError(
+            f"{path} is a {path.suffix} file, which the {suffix_runtime} runtime loads, not "
+            f"{runtime}: pass --runtime {suffix_runtime} or a model file for {runtime}"
+        )
+    return path, runtime
+
+
+def load_model(path: Path | None, runtime: str | None = None) -> InferenceModel:
+    """The model file ``path`` on ``runtime`` (see :func:`runtime_for`), with the errors a person
+    can act on turned into ``UsageError``."""
+    path, runtime = runtime_for(path, runtime)
     if not path.is_file():
         raise UsageError(
-            f"model file {path} not found: run `dvc repro` to train it or `dvc pull` to fetch it "
-            "from the remote (or pass --model PATH)"
+            f"model file {path} not found: run `dvc repro {_STAGE[runtime]}` to make it or "
+            "`dvc pull` to fetch it from the remote (or pass --model PATH)"
         )
     try:
-        return load_exported(path)
-    except Exception as e:  # a torn, foreign or older file: torch, pickle or our version check
-        raise UsageError(f"cannot load the model {path}: {type(e).__name__}: {e}") from None
+        if runtime == ONNXRUNTIME:
+            from pneumo.runtime.onnx_model import load_onnx
+
+            return load_onnx(path)
+        from pneumo.runtime.torch_model import load_torch  # imports torch: only here
+
+        return load_torch(path)
+    except Exception as e:  # a torn, foreign or older file: the runtime's or our own check
+        one_line = " ".join(str(e).split())
+        raise UsageError(f"cannot load the model {path}: {type(e).__name__}: {one_line}") from None
 
 
 def resolve_operating_point(

@@ -1,9 +1,10 @@
-"""Inference over image files with the exported model, the library behind ``src/predict.py`` and
+"""Inference over image files with a loaded model, the library behind ``src/predict.py`` and
 ``src/serve.py``.
 
 Every image goes through ``pneumo.imaging.load_square`` (the preprocess stage's reader and resize)
-and ``pneumo.model.predict_proba`` (the infer stage's forward pass) with the exported model's
-stored normalisation, so a file gets here the probability the evaluate stage computed for it.
+and the model's ``predict`` (``pneumo.runtime``: the ONNX export on onnxruntime, held to the infer
+stage's forward pass, or that pass itself on torch) with the model's stored normalisation, so a
+file gets here the probability the evaluate stage computed for it.
 Folders are predicted in batches while a small thread pool decodes the next images: Pillow's
 JPEG decoder and resize release the GIL, so decoding overlaps the forward pass. The service
 predicts one upload at a time through a ``Predictor``.
@@ -25,12 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.cam.maps import METHODS, compute_maps
+from pneumo.cam.head import check_method
 from pneumo.deployment import model_identity
 from pneumo.image_io.errors import ImageReadError
 from pneumo.imaging import SquareImage, load_square
 from pneumo.intended_use import admit
-from pneumo.model import Exported, normalize, predict_proba
 from pneumo.operating_point import OperatingPoint
 from pneumo.provenance import provenance_warning
 from pneumo.results import (
@@ -41,6 +41,7 @@ from pneumo.results import (
     heatmap_png,
     record,
 )
+from pneumo.runtime import InferenceModel
 from pneumo.sniff import DICOM_SUFFIXES, IMAGE_SUFFIXES, sniff_file
 
 
@@ -158,26 +159,8 @@ def load_images(
                 fut.cancel()
 
 
-def predict_batch(
-    model: Exported, images: np.ndarray, cam_method: str | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities (B,) for uint8 images (B, S, S), and heat maps (B, S, S) when asked for.
-
-    Without a heat map this is exactly the infer stage's ``predict_proba``. With one, the
-    probabilities come from the same forward pass as the maps (features, pooling, head), which
-    agrees with ``predict_proba`` to float rounding.
-    """
-    if cam_method is None:
-        return predict_proba(model.net, images, model.mean, model.std, len(images)), None
-
-    probs, maps = compute_maps(
-        model.net, model.arch, normalize(images, model.mean, model.std), cam_method
-    )
-    return probs, maps
-
-
 def predict_files(
-    model: Exported,
+    model: InferenceModel,
     files: Sequence[Path],
     *,
     batch_size: int = 32,
@@ -204,11 +187,11 @@ def predict_files(
 
 
 def _run_window(
-    model: Exported, window: list[tuple[Path, Item]], cam_method: str | None
+    model: InferenceModel, window: list[tuple[Path, Item]], cam_method: str | None
 ) -> Iterator[Prediction | Failure | Refusal]:
     ok = [item.square for _, item in window if isinstance(item, Loaded)]
     probs, maps = (
-        predict_batch(model, np.stack([sq.image for sq in ok]), cam_method) if ok else (None, None)
+        model.predict(np.stack([sq.image for sq in ok]), cam_method) if ok else (None, None)
     )
     j = 0
     for path, item in window:
@@ -240,19 +223,18 @@ class Predictor:
 
     Decoding runs in the caller's thread, at most ``max_decoding`` at a time (a large 16-bit
     DICOM takes hundreds of MB while it is converted); the forward pass holds a lock, because one
-    torch model called concurrently only competes for the same cores and memory.
+    model called concurrently only competes for the same cores and memory.
     """
 
     def __init__(
         self,
-        model: Exported,
+        model: InferenceModel,
         op: OperatingPoint,
         cam_method: str = "cam",
         alpha: float = CAM_ALPHA,
         max_decoding: int = 2,
     ) -> None:
-        if cam_method not in METHODS:
-            raise ValueError(f"unknown CAM method {cam_method!r}; choose {', '.join(METHODS)}")
+        check_method(cam_method)
         self.model = model
         self.op = op
         self.cam_method = cam_method
@@ -272,9 +254,7 @@ class Predictor:
                 raise Refused(admission.refused)
             sq = load_square(path, self.model.image_size, self.model.resize_mode)
         with self._lock:
-            probs, maps = predict_batch(
-                self.model, sq.image[None], self.cam_method if cam else None
-            )
+            probs, maps = self.model.predict(sq.image[None], self.cam_method if cam else None)
         pred = Prediction(
             display_name, float(probs[0]), sq.notes + admission.notes, gate=admission.gate
         )

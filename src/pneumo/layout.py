@@ -12,6 +12,10 @@ SPLIT = Path("data/split")
 PROCESSED = Path("data/processed")
 MODEL_DIR = Path("data/model")
 MODEL = MODEL_DIR / "model.pt"
+EXPORT_DIR = Path("data/export")  # the export stage: the model as ONNX, for torch-free prediction
+ONNX_MODEL = EXPORT_DIR / "model.onnx"
+INT8_MODEL = EXPORT_DIR / "model.int8.onnx"  # only with export.int8 other than none
+EXPORT_METRICS = Path("metrics/export.json")
 PREDICTIONS = Path("data/predictions")
 OPERATING_POINT = Path("data/operating_point.json")
 

@@ -180,6 +180,13 @@ class CamParams(_Section):
     batch_size: PosInt
 
 
+class ExportParams(_Section):
+    int8: Literal["none", "static", "dynamic"]  # also write data/export/model.int8.onnx
+    calibration_images: PosInt  # static int8: train images, evenly spaced, set the ranges
+    # the stage fails when an ONNX test probability differs more from the torch model's
+    max_prob_diff: Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "data": DataParams,
     "split": SplitParams,
@@ -187,6 +194,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "cam": CamParams,
+    "export": ExportParams,
 }
 
 

@@ -1,0 +1,87 @@
+"""The export stage's work: ``model.pt`` as ONNX (and, with ``export.int8``, as int8 ONNX), each
+checked on the test split against the probabilities the evaluate stage's figures come from.
+
+The float file must agree with torch to ``export.max_prob_diff`` on every test image, or the
+stage fails and writes nothing: a prediction on onnxruntime is then the prediction the metrics
+describe. An int8 file is approximate by nature: its largest difference and its test AUROC go to
+``metrics/export.json`` beside the float file's, for the reader to judge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pneumo.atomic import atomic_dir
+from pneumo.layout import INT8_MODEL, ONNX_MODEL
+from pneumo.model import load_exported
+from pneumo.onnx_export import export_onnx
+from pneumo.quantization import calibration_rows, quantize
+from pneumo.runtime.onnx_model import load_onnx
+from pneumo.scores import threshold_free
+
+ONNX_NAME, INT8_NAME = ONNX_MODEL.name, INT8_MODEL.name
+BATCH = 64
+
+
+class ExportError(RuntimeError):
+    """The ONNX model does not reproduce the torch model's test probabilities."""
+
+
+def reference(processed: Path, predictions: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(test images, targets, torch probabilities) in the processed row order."""
+    index = pd.read_csv(processed / "test.csv", dtype={"patientId": str})
+    preds = pd.read_csv(predictions / "test.csv", dtype={"patientId": str})
+    if not index["patientId"].equals(preds["patientId"]):
+        raise ExportError(
+            f"{predictions / 'test.csv'} is not in the row order of {processed / 'test.csv'}: "
+            "run `dvc repro infer`"
+        )
+    images = np.load(processed / "test.npy", mmap_mode="r")
+    return images, preds["target"].to_numpy(), preds["prob"].to_numpy(dtype=np.float64)
+
+
+def compare(path: Path, images: np.ndarray, targets: np.ndarray, torch_prob: np.ndarray) -> dict:
+    """How an ONNX file's test probabilities compare with torch's: largest |delta|, AUROC, size."""
+    prob = load_onnx(path).predict_proba(images, BATCH)
+    return {
+        "max_abs_prob_diff": float(np.max(np.abs(prob - torch_prob))),
+        "test_auroc": threshold_free(targets, prob, n_bins=10)["auroc"],
+        "megabytes": round(path.stat().st_size / 1e6, 1),
+    }
+
+
+def run(
+    model_path: Path, processed: Path, predictions: Path, out_dir: Path, params: Any
+) -> dict[str, Any]:
+    """Write ``out_dir`` (``model.onnx``, and ``model.int8.onnx`` unless ``params.int8`` is
+    none) whole or not at all; the metrics of ``metrics/export.json``."""
+    model = load_exported(model_path)
+    images, targets, torch_prob = reference(processed, predictions)
+    metrics: dict[str, Any] = {}
+    with atomic_dir(out_dir) as tmp:
+        export_onnx(model, tmp / ONNX_NAME)
+        metrics["onnx"] = compare(tmp / ONNX_NAME, images, targets, torch_prob)
+        worst = metrics["onnx"]["max_abs_prob_diff"]
+        if not worst <= params.max_prob_diff:
+            raise ExportError(
+                f"the ONNX model's test probabilities differ from torch's by up to {worst:.3g}, "
+                f"more than export.max_prob_diff = {params.max_prob_diff:g}: nothing written"
+            )
+        if params.int8 != "none":
+            train = np.load(processed / "train.npy", mmap_mode="r")
+            calibration = (
+                np.asarray(train[calibration_rows(len(train), params.calibration_images)])
+                if params.int8 == "static"
+                else None
+            )
+            quantize(
+                tmp / ONNX_NAME, tmp / INT8_NAME, params.int8, calibration, model.mean, model.std
+            )
+            metrics["int8"] = {"mode": params.int8} | compare(
+                tmp / INT8_NAME, images, targets, torch_prob
+            )
+    return metrics
