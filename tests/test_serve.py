@@ -7,8 +7,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import TINY_MODEL_SIZE
+from conftest import TINY_MODEL_SIZE, running_service
 from pneumo.deployment import load_model
 from pneumo.imaging import load_for_model
 from pneumo.model import predict_proba
@@ -29,7 +27,6 @@ from serve import create_app
 from serve import main as serve_main
 from test_predict import write_dicom16
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = TINY_MODEL_SIZE  # conftest's model_path
 MAX_BYTES = 200_000
 
@@ -185,47 +182,12 @@ def test_missing_model_is_a_usage_error(tmp_path, capsys):
 # Real HTTP against a uvicorn process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
-    """``python src/serve.py`` on a free port; yields (base URL, its private TMPDIR)."""
-    port = _free_port()
-    tmp = tmp_path_factory.mktemp("server-tmp")
-    log = tmp_path_factory.mktemp("server-log") / "serve.log"
-    cmd = [sys.executable, "src/serve.py", "--model", str(model_path), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--max-bytes", str(MAX_BYTES), "--threshold", "0.3"]
-    env = {**os.environ, "TMPDIR": str(tmp)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve.py exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve.py did not answer /health:\n{log.read_text()}")
-            time.sleep(0.25)
-        yield url, tmp, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    # the lifespan removed its upload directory on shutdown
-    assert [p.name for p in tmp.iterdir()] == []
+    """``python src/serve.py`` on a free port; yields (base URL, its private TMPDIR, its log)."""
+    args = ("--max-bytes", str(MAX_BYTES), "--threshold", "0.3")
+    with running_service(model_path, tmp_path_factory.mktemp("server"), *args) as s:
+        yield s.url, s.tmp, s.log
 
 
 def test_real_http_requests(server, files, model_path):
