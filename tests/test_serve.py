@@ -102,6 +102,45 @@ def test_cam_returns_a_png_by_query_and_by_route(client, files, model_path):
             assert im.format == "PNG" and im.size[0] == 2 * CAM_PANEL + 4
 
 
+def _schema(spec: dict, node: dict) -> dict:
+    """``node`` with its ``$ref`` followed into the spec's components."""
+    ref = node.get("$ref")
+    return spec["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else node
+
+
+def test_openapi_documents_every_answer(client, files):
+    spec = client.get("/openapi.json").json()
+    rec = client.post("/predict", files=_upload(files["dicom"])).json()
+    health = client.get("/health").json()
+    paths = spec["paths"]
+
+    def answer(path: str, method: str = "post", status: str = "200") -> dict:
+        content = paths[path][method]["responses"][status]["content"]
+        return _schema(spec, content["application/json"]["schema"])
+
+    record = answer("/predict")
+    assert set(record["properties"]) == set(rec) and set(record["required"]) == set(rec)
+    decisions = _schema(spec, record["properties"]["decisions"])
+    assert (
+        set(decisions["properties"]) == set(rec["decisions"]) == {"operating_point", "0.5", "0.25"}
+    )
+    model = _schema(spec, record["properties"]["model"])
+    assert set(model["required"]) == set(rec["model"])
+    assert {"runtime", "source_id"} <= set(model["properties"])  # the onnxruntime backend's
+    assert set(answer("/health", "get")["properties"]) == set(health)
+    for path in ("/predict", "/predict/cam"):
+        png = paths[path]["post"]["responses"]["200"]["content"]["image/png"]
+        assert png["schema"]["format"] == "binary"
+    for path in ("/predict", "/predict/cam"):
+        responses = paths[path]["post"]["responses"]
+        for status in ("400", "413", "415"):
+            assert set(answer(path, status=status)["properties"]) == {"detail", "refused", "file"}
+        refused = responses["422"]["content"]["application/json"]["schema"]["anyOf"]
+        assert {"detail", "refused", "file"} in [
+            set(_schema(spec, s)["properties"]) for s in refused
+        ]
+
+
 def test_refusals_carry_a_reason(client):
     cases = [
         ({"file": ("empty.dcm", b"")}, 400, "empty file"),
@@ -112,9 +151,9 @@ def test_refusals_carry_a_reason(client):
     for files, status, reason in cases:
         r = client.post("/predict", files=files)
         assert r.status_code == status, r.text
-        assert reason in r.json()["error"]
+        assert reason in r.json()["detail"]
     r = client.post("/predict", json={"file": "x"})
-    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
     assert list(client.app.state.tmp_dir.iterdir()) == []
 
 
@@ -132,13 +171,13 @@ def test_degenerate_images_are_refused_with_a_reason(client):
     for name, array, reason in cases:
         r = client.post("/predict", files={"file": (name, _png_bytes(array))})
         assert r.status_code == 422, r.text
-        assert reason in r.json()["error"]
+        assert reason in r.json()["detail"]
 
 
 def test_oversized_uploads_are_cut_off(client):
     big = os.urandom(MAX_BYTES + 1)
     r = client.post("/predict", files={"file": ("big.dcm", big)})
-    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
 
     # no Content-Length (chunked): the stream is read only up to the limit
     def body():
@@ -149,7 +188,7 @@ def test_oversized_uploads_are_cut_off(client):
     r = client.post(
         "/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=b"}
     )
-    assert r.status_code == 413 and str(MAX_BYTES) in r.json()["error"]
+    assert r.status_code == 413 and str(MAX_BYTES) in r.json()["detail"]
     assert list(client.app.state.tmp_dir.iterdir()) == []
 
 
@@ -208,9 +247,9 @@ def test_real_http_requests(server, files, model_path):
         assert r.content.startswith(b"\x89PNG")
 
         r = http.post("/predict", files={"file": ("empty.png", b"")})
-        assert r.status_code == 400 and "empty" in r.json()["error"]
+        assert r.status_code == 400 and "empty" in r.json()["detail"]
         r = http.post("/predict", files={"file": ("readme.txt", b"hello, not an X-ray")})
-        assert r.status_code == 422 and "not a DICOM, PNG or JPEG" in r.json()["error"]
+        assert r.status_code == 422 and "not a DICOM, PNG or JPEG" in r.json()["detail"]
         assert r.json()["file"] == "readme.txt"
 
         r = http.post("/predict", files=_upload(files["png"], "../../etc/passwd"))
@@ -218,7 +257,7 @@ def test_real_http_requests(server, files, model_path):
 
     # oversized, on fresh connections (the server closes after a 413)
     r = httpx.post(f"{url}/predict", files={"file": ("big.dcm", os.urandom(3 * MAX_BYTES))})
-    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
 
     def chunked():
         yield b"--b\r\nContent-Disposition: form-data; name=file; filename=x.dcm\r\n\r\n"
