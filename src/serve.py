@@ -5,20 +5,23 @@
     curl -F file=@scan.dcm 'http://127.0.0.1:8000/predict?cam=true' -o heatmap.png
     curl http://127.0.0.1:8000/health
 
-``POST /predict`` answers the JSON object of ``src/predict.py --json``; with ``?cam=true`` (or
-``POST /predict/cam``) the X-ray and its heat map as a PNG, the probability in ``X-Probability``.
-Refused requests get a 4xx and ``{"detail": reason}``: 413 too large, 400 empty or malformed, 415
-not multipart, 422 not a readable image, or a DICOM file that the intended-use gate refuses (not a
-frontal chest radiograph: ``pneumo.intended_use``; the body then also has ``refused``).
-``?gate=false`` predicts it anyway, for research, and the answer says ``"gate": "off"``.
-``/openapi.json`` and ``/docs`` describe every answer (``pneumo.service_schema``). Uploads are
-streamed to a private temporary directory under a name the service makes up, and deleted after
-the answer.
+``GET /`` is a demo page (``pneumo/web``: plain HTML, JavaScript and CSS, nothing loaded from
+elsewhere). ``POST /predict`` answers the JSON object of ``src/predict.py --json``; with
+``?cam=true`` (or ``POST /predict/cam``) the X-ray and its heat map as a PNG, the probability in
+``X-Probability``; ``POST /predict/explain`` both from one forward pass, the PNG as a data URL in
+``heatmap``. Refused requests get a 4xx and ``{"detail": reason}``: 413 too large, 400 empty or
+malformed, 415 not multipart, 422 not a readable image, or a DICOM file that the intended-use gate
+refuses (not a frontal chest radiograph: ``pneumo.intended_use``; the body then also has
+``refused``). ``?gate=false`` predicts it anyway, for research, and the answer says
+``"gate": "off"``. ``/openapi.json`` and ``/docs`` describe every answer
+(``pneumo.service_schema``). Uploads are streamed to a private temporary directory under a name
+the service makes up, and deleted after the answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import os
 import shutil
@@ -35,10 +38,12 @@ from typing import Annotated, Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fastapi import FastAPI, Query, Request  # noqa: E402
-from fastapi.responses import JSONResponse, Response  # noqa: E402
+from fastapi.responses import FileResponse, JSONResponse, Response  # noqa: E402
+from fastapi.staticfiles import StaticFiles  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.requests import ClientDisconnect  # noqa: E402
 
+import pneumo  # noqa: E402
 from pneumo.cam.maps import METHODS as CAM_METHODS  # noqa: E402
 from pneumo.deployment import (  # noqa: E402
     DEFAULT_MODEL,
@@ -50,14 +55,23 @@ from pneumo.file_inference import Predictor, Refused  # noqa: E402
 from pneumo.image_io.errors import ImageReadError  # noqa: E402
 from pneumo.service_schema import (  # noqa: E402
     CAM_RESPONSES,
+    ERROR_RESPONSES,
     PREDICT_RESPONSES,
     UPLOAD_BODY,
+    Explained,
     Health,
     Record,
 )
 from pneumo.upload import FORM_OVERHEAD, UploadError, receive_upload  # noqa: E402
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # an uncompressed 16-bit 3000 x 3000 CR is ~18 MB
+WEB = Path(pneumo.__file__).resolve().parent / "web"  # the demo page, shipped in the package
+# the page loads nothing from elsewhere, and the browser holds it to that; the heat map is a data:
+# URL, and inline scripts and styles are refused (the page has none)
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+}
 log = logging.getLogger("pneumo.serve")
 
 Cam = Annotated[bool, Query(description="true: answer the heat-map PNG instead of the JSON")]
@@ -117,6 +131,8 @@ def create_app(
 
     app = FastAPI(title="Pneumonia detection", lifespan=lifespan)
     app.add_exception_handler(ServiceError, _error_response)
+    app.get("/", include_in_schema=False)(page)
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
     # what was not set is left out, so the JSON keeps the command's keys (pneumo.service_schema)
     answers = {"response_model_exclude_unset": True, "openapi_extra": {"requestBody": UPLOAD_BODY}}
     app.get("/health", response_model=Health, response_model_exclude_unset=True)(health)
@@ -124,7 +140,15 @@ def create_app(
     app.post("/predict/cam", response_class=Response, responses=CAM_RESPONSES, **answers)(
         predict_cam
     )
+    app.post("/predict/explain", response_model=Explained, responses=ERROR_RESPONSES, **answers)(
+        predict_explain
+    )
     return app
+
+
+def page() -> FileResponse:
+    """The demo page: drop an X-ray on it, see its record and its heat map."""
+    return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
 
 
 def health(request: Request) -> dict[str, Any]:
@@ -153,6 +177,12 @@ async def predict(
 async def predict_cam(request: Request, gate: Gate = True) -> Response:
     """One uploaded file -> the X-ray and its heat map as a PNG."""
     return _heatmap_answer(*await _predict_upload(request, True, gate))
+
+
+async def predict_explain(request: Request, gate: Gate = True) -> dict[str, Any]:
+    """One uploaded file -> its JSON record and, from the same forward pass, its heat map."""
+    rec, png = await _predict_upload(request, True, gate)
+    return {**rec, "heatmap": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
 
 
 async def _predict_upload(

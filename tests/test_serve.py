@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -31,15 +34,30 @@ SIZE = TINY_MODEL_SIZE  # conftest's model_path
 MAX_BYTES = 200_000
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("uploads")
+def write_uploads(root: Path) -> dict[str, Path]:
+    """An RSNA-format DICOM, a 16-bit CR and a CT written with pydicom, a gray PNG, an RGB JPEG."""
     generate(root / "raw", n_patients=1, image_size=256, seed=5, workers=1)
     rsna = next((root / "raw" / "stage_2_train_images").glob("*.dcm"))
-    png = root / "scan.png"
     gray = (np.add.outer(np.arange(90), np.arange(110)) % 256).astype(np.uint8)
-    Image.fromarray(gray).save(png)
-    return {"dicom": rsna, "dicom16": write_dicom16(root / "cr16.dcm", seed=2), "png": png}
+    Image.fromarray(gray).save(root / "scan.png")
+    rgb = np.stack([gray, np.roll(gray, 7, axis=1), 255 - gray], axis=-1)
+    Image.fromarray(rgb).save(root / "colour.jpg", quality=90)
+    ct = write_dicom16(root / "ct.dcm", seed=3)
+    ds = pydicom.dcmread(ct)
+    ds.Modality = "CT"  # what the intended-use gate refuses first
+    ds.save_as(ct)
+    return {
+        "dicom": rsna,
+        "dicom16": write_dicom16(root / "cr16.dcm", seed=2),
+        "ct": ct,
+        "png": root / "scan.png",
+        "jpeg": root / "colour.jpg",
+    }
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    return write_uploads(tmp_path_factory.mktemp("uploads"))
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +120,29 @@ def test_cam_returns_a_png_by_query_and_by_route(client, files, model_path):
             assert im.format == "PNG" and im.size[0] == 2 * CAM_PANEL + 4
 
 
+def test_explain_answers_the_record_and_its_heat_map_together(client, files):
+    rec = client.post("/predict", files=_upload(files["dicom"])).json()
+    png = client.post("/predict/cam", files=_upload(files["dicom"])).content
+    r = client.post("/predict/explain", files=_upload(files["dicom"]))
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    heatmap = body.pop("heatmap")
+    assert set(body) == set(rec)
+    # the heat map's forward pass gives the probability too, equal to the plain one to rounding
+    assert body.pop("prob") == pytest.approx(rec.pop("prob"), abs=1e-6)
+    assert body == rec
+    prefix = "data:image/png;base64,"
+    assert heatmap.startswith(prefix) and base64.b64decode(heatmap[len(prefix) :]) == png
+
+    r = client.post("/predict/explain", files=_upload(files["ct"]))
+    reason = r.json()["detail"]
+    assert r.status_code == 422 and reason.startswith("Modality CT: the model reads chest radio")
+    assert r.json() == {"detail": reason, "refused": reason, "file": "ct.dcm"}
+    r = client.post("/predict/explain?gate=false", files=_upload(files["ct"]))
+    assert r.status_code == 200 and r.json()["gate"] == "off"
+    assert any("it would refuse: Modality CT" in note for note in r.json()["notes"])
+
+
 def _schema(spec: dict, node: dict) -> dict:
     """``node`` with its ``$ref`` followed into the spec's components."""
     ref = node.get("$ref")
@@ -127,11 +168,12 @@ def test_openapi_documents_every_answer(client, files):
     model = _schema(spec, record["properties"]["model"])
     assert set(model["required"]) == set(rec["model"])
     assert {"runtime", "source_id"} <= set(model["properties"])  # the onnxruntime backend's
+    assert set(answer("/predict/explain")["properties"]) == set(rec) | {"heatmap"}
     assert set(answer("/health", "get")["properties"]) == set(health)
     for path in ("/predict", "/predict/cam"):
         png = paths[path]["post"]["responses"]["200"]["content"]["image/png"]
         assert png["schema"]["format"] == "binary"
-    for path in ("/predict", "/predict/cam"):
+    for path in ("/predict", "/predict/cam", "/predict/explain"):
         responses = paths[path]["post"]["responses"]
         for status in ("400", "413", "415"):
             assert set(answer(path, status=status)["properties"]) == {"detail", "refused", "file"}
@@ -139,6 +181,20 @@ def test_openapi_documents_every_answer(client, files):
         assert {"detail", "refused", "file"} in [
             set(_schema(spec, s)["properties"]) for s in refused
         ]
+
+
+def test_the_demo_page_and_its_files_are_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assets = re.findall(r'(?:src|href)="(static/[^"]+)"', r.text)
+    assert sorted(assets) == ["static/app.js", "static/style.css"]
+    answers = [client.get(f"/{a}") for a in assets]
+    assert [a.status_code for a in answers] == [200, 200]
+    texts = [r.text] + [a.text for a in answers]
+    # nothing from elsewhere: no absolute URL, not even a protocol-relative one
+    assert not [t for t in texts if re.search(r"https?:|[\"'(]//", t)]
+    assert client.get("/static/nothing.js").status_code == 404
 
 
 def test_refusals_carry_a_reason(client):

@@ -1,6 +1,6 @@
 """The web service's answers as pydantic models, so that ``/openapi.json`` (and ``/docs``)
-documents them: the prediction record of ``pneumo.results.record``, ``/health``, and the
-``{"detail": reason}`` body of a refused request.
+documents them: the prediction record of ``pneumo.results.record``, the same with its heat map,
+``/health``, and the ``{"detail": reason}`` body of a refused request.
 
 The service validates what it returns against these models and leaves out only what the answer
 did not set (``response_model_exclude_unset``), so its JSON keeps exactly the keys of the
@@ -70,6 +70,15 @@ class Record(BaseModel):
     warning: str | None = Field(
         description="set when the model was trained on synthetic data: its predictions mean "
         "nothing for real patients"
+    )
+
+
+class Explained(Record):
+    """A prediction with its heat map, from the same forward pass."""
+
+    heatmap: str = Field(
+        description="the X-ray as the model saw it beside its heat-map overlay, with a caption: "
+        "a PNG as a data:image/png;base64 URL"
     )
 
 
