@@ -5,19 +5,23 @@
     curl -F file=@scan.dcm 'http://127.0.0.1:8000/predict?cam=true' -o heatmap.png
     curl http://127.0.0.1:8000/health
 
-``POST /predict`` answers the JSON object of ``src/predict.py --json``; with ``?cam=true`` (or
-``POST /predict/cam``) the X-ray and its heat map as a PNG, the probability in ``X-Probability``.
-Refused requests get a 4xx and ``{"error": reason}``: 413 too large, 400 empty or malformed,
-415 not multipart, 422 not a readable image, or a DICOM file that the intended-use gate refuses
-(not a frontal chest radiograph: ``pneumo.intended_use``; the body then also has ``refused``).
-``?gate=false`` predicts it anyway, for research, and the answer says ``"gate": "off"``. Uploads
-are streamed to a private temporary directory under a name the service makes up, and deleted
-after the answer.
+``GET /`` is a demo page (``pneumo/web``: plain HTML, JavaScript and CSS, nothing loaded from
+elsewhere). ``POST /predict`` answers the JSON object of ``src/predict.py --json``; with
+``?cam=true`` (or ``POST /predict/cam``) the X-ray and its heat map as a PNG, the probability in
+``X-Probability``; ``POST /predict/explain`` both from one forward pass, the PNG as a data URL in
+``heatmap``. Refused requests get a 4xx and ``{"detail": reason}``: 413 too large, 400 empty or
+malformed, 415 not multipart, 422 not a readable image, or a DICOM file that the intended-use gate
+refuses (not a frontal chest radiograph: ``pneumo.intended_use``; the body then also has
+``refused``). ``?gate=false`` predicts it anyway, for research, and the answer says
+``"gate": "off"``. ``/openapi.json`` and ``/docs`` describe every answer
+(``pneumo.service_schema``). Uploads are streamed to a private temporary directory under a name
+the service makes up, and deleted after the answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import os
 import shutil
@@ -26,18 +30,20 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 # Before torch is imported: OpenMP threads that spin while waiting steal the cores from each
 # other and from the image decoders whenever anything else runs; sleeping threads made one
 # image's forward pass 30x and a batch 2x faster on a busy 2-core machine (bench/predict.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.responses import JSONResponse, Response  # noqa: E402
+from fastapi import FastAPI, Query, Request  # noqa: E402
+from fastapi.responses import FileResponse, JSONResponse, Response  # noqa: E402
+from fastapi.staticfiles import StaticFiles  # noqa: E402
 from starlette.concurrency import run_in_threadpool  # noqa: E402
 from starlette.requests import ClientDisconnect  # noqa: E402
 
+import pneumo  # noqa: E402
 from pneumo.cam.head import METHODS as CAM_METHODS  # noqa: E402
 from pneumo.deployment import (  # noqa: E402
     DEFAULT_MODELS,
@@ -49,28 +55,51 @@ from pneumo.deployment import (  # noqa: E402
 from pneumo.file_inference import Predictor, Refused  # noqa: E402
 from pneumo.image_io.errors import ImageReadError  # noqa: E402
 from pneumo.runtime import RUNTIMES  # noqa: E402
+from pneumo.service_schema import (  # noqa: E402
+    CAM_RESPONSES,
+    ERROR_RESPONSES,
+    PREDICT_RESPONSES,
+    UPLOAD_BODY,
+    Explained,
+    Health,
+    Record,
+)
 from pneumo.upload import FORM_OVERHEAD, UploadError, receive_upload  # noqa: E402
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024  # an uncompressed 16-bit 3000 x 3000 CR is ~18 MB
-log = logging.getLogger("pneumo.serve")
-_UPLOAD_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary"}},
-                "required": ["file"],
-            }
-        }
-    },
+WEB = Path(pneumo.__file__).resolve().parent / "web"  # the demo page, shipped in the package
+# the page loads nothing from elsewhere, and the browser holds it to that; the heat map is a data:
+# URL, and inline scripts and styles are refused (the page has none)
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
 }
+log = logging.getLogger("pneumo.serve")
+
+Cam = Annotated[bool, Query(description="true: answer the heat-map PNG instead of the JSON")]
+Gate = Annotated[
+    bool,
+    Query(
+        description="false: predict a file the intended-use gate refuses, for research "
+        '(the answer says "gate": "off")'
+    ),
+]
 
 
-def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
+class ServiceError(Exception):
+    """A refused request: its status, the one-line reason and fields to send beside it."""
+
+    def __init__(self, status: int, reason: str, **extra: Any) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.extra = extra
+
+
+async def _error_response(request: Request, e: ServiceError) -> JSONResponse:
     # the body may be unread (413): closing the connection keeps the next request in sync
-    headers = {"Connection": "close"} if status == 413 else None
-    return JSONResponse({"error": reason, **extra}, status_code=status, headers=headers)
+    headers = {"Connection": "close"} if e.status == 413 else None
+    return JSONResponse({"detail": e.reason, **e.extra}, status_code=e.status, headers=headers)
 
 
 def create_app(
@@ -105,10 +134,25 @@ def create_app(
             shutil.rmtree(app.state.tmp_dir, ignore_errors=True)
 
     app = FastAPI(title="Pneumonia detection", lifespan=lifespan)
-    app.get("/health")(health)
-    app.post("/predict", openapi_extra={"requestBody": _UPLOAD_BODY})(predict)
-    app.post("/predict/cam", openapi_extra={"requestBody": _UPLOAD_BODY})(predict_cam)
+    app.add_exception_handler(ServiceError, _error_response)
+    app.get("/", include_in_schema=False)(page)
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+    # what was not set is left out, so the JSON keeps the command's keys (pneumo.service_schema)
+    answers = {"response_model_exclude_unset": True, "openapi_extra": {"requestBody": UPLOAD_BODY}}
+    app.get("/health", response_model=Health, response_model_exclude_unset=True)(health)
+    app.post("/predict", response_model=Record, responses=PREDICT_RESPONSES, **answers)(predict)
+    app.post("/predict/cam", response_class=Response, responses=CAM_RESPONSES, **answers)(
+        predict_cam
+    )
+    app.post("/predict/explain", response_model=Explained, responses=ERROR_RESPONSES, **answers)(
+        predict_explain
+    )
     return app
+
+
+def page() -> FileResponse:
+    """The demo page: drop an X-ray on it, see its record and its heat map."""
+    return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
 
 
 def health(request: Request) -> dict[str, Any]:
@@ -126,21 +170,32 @@ def health(request: Request) -> dict[str, Any]:
     }
 
 
-async def predict(request: Request, cam: bool = False, gate: bool = True) -> Response:
+async def predict(
+    request: Request, cam: Cam = False, gate: Gate = True
+) -> dict[str, Any] | Response:
     """One uploaded file (multipart field ``file``) -> its JSON record, or the heat-map PNG."""
-    return await _handle(request, cam, gate)
+    rec, png = await _predict_upload(request, cam, gate)
+    return rec if png is None else _heatmap_answer(rec, png)
 
 
-async def predict_cam(request: Request, gate: bool = True) -> Response:
+async def predict_cam(request: Request, gate: Gate = True) -> Response:
     """One uploaded file -> the X-ray and its heat map as a PNG."""
-    return await _handle(request, True, gate)
+    return _heatmap_answer(*await _predict_upload(request, True, gate))
 
 
-async def _handle(request: Request, cam: bool, gate: bool) -> Response:
+async def predict_explain(request: Request, gate: Gate = True) -> dict[str, Any]:
+    """One uploaded file -> its JSON record and, from the same forward pass, its heat map."""
+    rec, png = await _predict_upload(request, True, gate)
+    return {**rec, "heatmap": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+
+
+async def _predict_upload(
+    request: Request, cam: bool, gate: bool
+) -> tuple[dict[str, Any], bytes | None]:
     state = request.app.state
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > state.max_bytes + FORM_OVERHEAD:
-        return _error(
+        raise ServiceError(
             413, f"request of {length} bytes exceeds the upload limit of {state.max_bytes} bytes"
         )
     try:
@@ -151,29 +206,30 @@ async def _handle(request: Request, cam: bool, gate: bool) -> Response:
             tmp_dir=state.tmp_dir,
         )
     except UploadError as e:
-        return _error(e.status, e.reason)
+        raise ServiceError(e.status, e.reason) from None
     except ClientDisconnect:
         # nobody is left to answer: one line, not Starlette's traceback; nothing is kept
         client = request.client.host if request.client else "?"
         log.warning("client %s disconnected during the upload (%s bytes announced)", client, length)
-        return Response(status_code=499)
+        raise ServiceError(499, "client disconnected during the upload") from None
     predictor: Predictor = state.predictor
     try:
-        rec, png = await run_in_threadpool(
+        return await run_in_threadpool(
             predictor.predict_file, upload.path, upload.filename, cam, gate
         )
     except Refused as e:
-        return _error(422, e.reason, refused=e.reason, file=upload.filename)
+        raise ServiceError(422, e.reason, refused=e.reason, file=upload.filename) from None
     except ImageReadError as e:
         # e.reason, not str(e): the temporary path means nothing to the client
-        return _error(422, e.reason, file=upload.filename)
+        raise ServiceError(422, e.reason, file=upload.filename) from None
     except Exception:
         log.exception("prediction failed for an upload of %d bytes", upload.size)
-        return _error(500, "internal error while predicting", file=upload.filename)
+        raise ServiceError(500, "internal error while predicting", file=upload.filename) from None
     finally:
         upload.path.unlink(missing_ok=True)
-    if png is None:
-        return JSONResponse(rec)
+
+
+def _heatmap_answer(rec: dict[str, Any], png: bytes | None) -> Response:
     headers = {
         "X-Probability": repr(rec["prob"]),
         "X-Positive": str(rec["positive"]).lower(),

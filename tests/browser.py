@@ -38,21 +38,25 @@ class Offline:
 
 
 @contextmanager
-def offline_page() -> Iterator[Offline]:
-    """A page in a fresh headless Chromium whose every request off ``file:`` is refused."""
+def offline_page(origin: str | None = None) -> Iterator[Offline]:
+    """A page in a fresh headless Chromium that may load ``file:``, ``data:`` and ``blob:`` URLs
+    and, when given, those of ``origin`` (a local service's: ``http://127.0.0.1:8000``); every
+    other request is refused and recorded."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_or_skip()
+    allowed = ("file:", "data:", "blob:") + ((f"{origin}/",) if origin else ())
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         try:
             context = browser.new_context()
-            context.set_offline(True)
+            if origin is None:  # offline would cut the local service off too; the route does it
+                context.set_offline(True)
             page = context.new_page()
             seen = Offline(page)
 
             def route(r: Any) -> None:
-                if r.request.url.startswith(("file:", "data:", "blob:")):
+                if r.request.url.startswith(allowed):
                     r.continue_()
                 else:
                     seen.blocked.append(r.request.url)

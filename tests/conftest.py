@@ -1,11 +1,17 @@
-"""Shared test fixtures: paths to the optional real-data folder beside the repository, and a
-tiny exported model for the prediction command and the web service."""
+"""Shared test fixtures: paths to the optional real-data folder beside the repository, a tiny
+exported model (and one that says it was trained on synthetic data) for the prediction command
+and the web service, and the web service itself running as a process."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,15 +79,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def torch_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _export_tiny_model(path: Path, provenance: dict | None = None) -> Path:
     """A random-init ResNet18 ``model.pt`` at ``TINY_MODEL_SIZE`` (pad, mean 0.45, std 0.25)."""
     import torch
 
     from pneumo.model import build_network, export_model
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
     export_model(
         path,
         build_network("resnet18", pretrained=False, weights_path=None, last_stride=2),
@@ -90,7 +94,23 @@ def torch_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "pad",
         0.45,
         0.25,
+        provenance=provenance,
     )
+    return path
+
+
+@pytest.fixture(scope="session")
+def torch_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as the train stage writes it (``model.pt``, for the torch runtime)."""
+    return _export_tiny_model(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+def _to_onnx(model_pt: Path) -> Path:
+    from pneumo.model import load_exported
+    from pneumo.onnx_export import export_onnx
+
+    path = model_pt.with_suffix(".onnx")
+    export_onnx(load_exported(model_pt), path)
     return path
 
 
@@ -98,9 +118,75 @@ def torch_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def model_path(torch_model_path: Path) -> Path:
     """``torch_model_path`` exported to ONNX, as the export stage does: the file prediction loads
     by default (on onnxruntime)."""
-    from pneumo.model import load_exported
-    from pneumo.onnx_export import export_onnx
+    return _to_onnx(torch_model_path)
 
-    path = torch_model_path.with_suffix(".onnx")
-    export_onnx(load_exported(torch_model_path), path)
-    return path
+
+@pytest.fixture(scope="session")
+def synthetic_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model_path``'s network with the provenance of a model trained on synthetic data, as
+    ONNX (the file the service loads by default)."""
+    import numpy as np
+
+    from pneumo.provenance import training_provenance
+
+    prov = training_provenance("synthetic", np.array([0, 1, 0, 0]), np.array([1, 0]), None, {})
+    pt = _export_tiny_model(tmp_path_factory.mktemp("synthetic-model") / "model.pt", prov)
+    return _to_onnx(pt)
+
+
+def _free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Service:
+    """A running ``src/serve.py``: its base URL, its private TMPDIR and its log file."""
+
+    url: str
+    tmp: Path
+    log: Path
+
+
+@contextmanager
+def running_service(model: Path, root: Path, *args: str) -> Iterator[Service]:
+    """``python src/serve.py --model model *args`` on a free port of 127.0.0.1, with its TMPDIR
+    and log under ``root``; yields once /health answers, and after stopping it checks that the
+    service removed its upload directory."""
+    import httpx
+
+    port = _free_port()
+    tmp = root / "tmp"
+    tmp.mkdir()
+    log = root / "serve.log"
+    cmd = [sys.executable, "src/serve.py", "--model", str(model), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), *args]
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve.py exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve.py did not answer /health:\n{log.read_text()}")
+            time.sleep(0.25)
+        yield Service(url, tmp, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    # the lifespan removed its upload directory on shutdown
+    assert [p.name for p in tmp.iterdir()] == []

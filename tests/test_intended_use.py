@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from conftest import TINY_MODEL_SIZE
 from pneumo.intended_use import NO_HEADER, OFF, PASSED, check_file, header_refusals
 from pneumo.model import build_network, export_model, load_exported
 from pneumo.provenance import dvc_dir_md5, provenance_warning, training_provenance
@@ -50,17 +49,6 @@ def rsna_dicom(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mr_dicom(dicom_zoo) -> Path:
     return dicom_zoo / "files" / MR
-
-
-@pytest.fixture(scope="module")
-def synthetic_model(tmp_path_factory) -> Path:
-    """conftest's tiny model, with the provenance of a model trained on synthetic data."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("synthetic-model") / "model.pt"
-    net = build_network("resnet18", pretrained=False, weights_path=None, last_stride=2)
-    prov = training_provenance("synthetic", np.array([0, 1, 0, 0]), np.array([1, 0]), None, {})
-    export_model(path, net, "resnet18", TINY_MODEL_SIZE, "pad", 0.45, 0.25, provenance=prov)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +216,7 @@ def test_service_gives_422_and_the_override(mr_dicom, rsna_dicom, synthetic_mode
 # Provenance in the model file
 
 
-def test_provenance_round_trips_and_old_files_load(tmp_path, model_path):
+def test_provenance_round_trips_and_old_files_load(tmp_path, torch_model_path):
     prov = training_provenance(
         "rsna", np.array([0, 0, 1, 1]), np.array([0, 0, 0, 1]), "abc.dir", {"lr": 0.001}
     )
@@ -241,7 +229,7 @@ def test_provenance_round_trips_and_old_files_load(tmp_path, model_path):
     assert a.read_bytes() == b.read_bytes()  # no time, no commit: the same bytes
     assert load_exported(a).provenance == prov and provenance_warning(prov) is None
     # a file written before provenance existed has no key at all
-    payload = torch.load(model_path, weights_only=True)
+    payload = torch.load(torch_model_path, weights_only=True)
     payload.pop("provenance")
     torch.save(payload, tmp_path / "old.pt")
     assert load_exported(tmp_path / "old.pt").provenance is None

@@ -3,46 +3,60 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import re
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import TINY_MODEL_SIZE
+from conftest import TINY_MODEL_SIZE, running_service
 from pneumo.deployment import load_model
 from pneumo.imaging import load_for_model
-from pneumo.model import predict_proba
 from pneumo.results import CAM_PANEL
 from pneumo.synthetic import generate
 from serve import create_app
 from serve import main as serve_main
 from test_predict import write_dicom16
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = TINY_MODEL_SIZE  # conftest's model_path
 MAX_BYTES = 200_000
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("uploads")
+def write_uploads(root: Path) -> dict[str, Path]:
+    """An RSNA-format DICOM, a 16-bit CR and a CT written with pydicom, a gray PNG, an RGB JPEG."""
     generate(root / "raw", n_patients=1, image_size=256, seed=5, workers=1)
     rsna = next((root / "raw" / "stage_2_train_images").glob("*.dcm"))
-    png = root / "scan.png"
     gray = (np.add.outer(np.arange(90), np.arange(110)) % 256).astype(np.uint8)
-    Image.fromarray(gray).save(png)
-    return {"dicom": rsna, "dicom16": write_dicom16(root / "cr16.dcm", seed=2), "png": png}
+    Image.fromarray(gray).save(root / "scan.png")
+    rgb = np.stack([gray, np.roll(gray, 7, axis=1), 255 - gray], axis=-1)
+    Image.fromarray(rgb).save(root / "colour.jpg", quality=90)
+    ct = write_dicom16(root / "ct.dcm", seed=3)
+    ds = pydicom.dcmread(ct)
+    ds.Modality = "CT"  # what the intended-use gate refuses first
+    ds.save_as(ct)
+    return {
+        "dicom": rsna,
+        "dicom16": write_dicom16(root / "cr16.dcm", seed=2),
+        "ct": ct,
+        "png": root / "scan.png",
+        "jpeg": root / "colour.jpg",
+    }
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    return write_uploads(tmp_path_factory.mktemp("uploads"))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +73,7 @@ def _upload(path: Path, name: str | None = None) -> dict:
 def _expected_prob(model_path: Path, path: Path) -> float:
     model = load_model(model_path)
     img = load_for_model(path, model.image_size, model.resize_mode)[None]
-    return float(predict_proba(model.net, img, model.mean, model.std, batch_size=64)[0])
+    return float(model.predict(img, None)[0][0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,6 +119,83 @@ def test_cam_returns_a_png_by_query_and_by_route(client, files, model_path):
             assert im.format == "PNG" and im.size[0] == 2 * CAM_PANEL + 4
 
 
+def test_explain_answers_the_record_and_its_heat_map_together(client, files):
+    rec = client.post("/predict", files=_upload(files["dicom"])).json()
+    png = client.post("/predict/cam", files=_upload(files["dicom"])).content
+    r = client.post("/predict/explain", files=_upload(files["dicom"]))
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    heatmap = body.pop("heatmap")
+    assert set(body) == set(rec)
+    # the heat map's forward pass gives the probability too, equal to the plain one to rounding
+    assert body.pop("prob") == pytest.approx(rec.pop("prob"), abs=1e-6)
+    assert body == rec
+    prefix = "data:image/png;base64,"
+    assert heatmap.startswith(prefix) and base64.b64decode(heatmap[len(prefix) :]) == png
+
+    r = client.post("/predict/explain", files=_upload(files["ct"]))
+    reason = r.json()["detail"]
+    assert r.status_code == 422 and reason.startswith("Modality CT: the model reads chest radio")
+    assert r.json() == {"detail": reason, "refused": reason, "file": "ct.dcm"}
+    r = client.post("/predict/explain?gate=false", files=_upload(files["ct"]))
+    assert r.status_code == 200 and r.json()["gate"] == "off"
+    assert any("it would refuse: Modality CT" in note for note in r.json()["notes"])
+
+
+def _schema(spec: dict, node: dict) -> dict:
+    """``node`` with its ``$ref`` followed into the spec's components."""
+    ref = node.get("$ref")
+    return spec["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else node
+
+
+def test_openapi_documents_every_answer(client, files):
+    spec = client.get("/openapi.json").json()
+    rec = client.post("/predict", files=_upload(files["dicom"])).json()
+    health = client.get("/health").json()
+    paths = spec["paths"]
+
+    def answer(path: str, method: str = "post", status: str = "200") -> dict:
+        content = paths[path][method]["responses"][status]["content"]
+        return _schema(spec, content["application/json"]["schema"])
+
+    record = answer("/predict")
+    assert set(record["properties"]) == set(rec) and set(record["required"]) == set(rec)
+    decisions = _schema(spec, record["properties"]["decisions"])
+    assert (
+        set(decisions["properties"]) == set(rec["decisions"]) == {"operating_point", "0.5", "0.25"}
+    )
+    model = _schema(spec, record["properties"]["model"])
+    assert set(model["required"]) == set(model["properties"]) == set(rec["model"])
+    assert rec["model"]["runtime"] == "onnxruntime"
+    assert set(answer("/predict/explain")["properties"]) == set(rec) | {"heatmap"}
+    assert set(answer("/health", "get")["properties"]) == set(health)
+    for path in ("/predict", "/predict/cam"):
+        png = paths[path]["post"]["responses"]["200"]["content"]["image/png"]
+        assert png["schema"]["format"] == "binary"
+    for path in ("/predict", "/predict/cam", "/predict/explain"):
+        responses = paths[path]["post"]["responses"]
+        for status in ("400", "413", "415"):
+            assert set(answer(path, status=status)["properties"]) == {"detail", "refused", "file"}
+        refused = responses["422"]["content"]["application/json"]["schema"]["anyOf"]
+        assert {"detail", "refused", "file"} in [
+            set(_schema(spec, s)["properties"]) for s in refused
+        ]
+
+
+def test_the_demo_page_and_its_files_are_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assets = re.findall(r'(?:src|href)="(static/[^"]+)"', r.text)
+    assert sorted(assets) == ["static/app.js", "static/style.css"]
+    answers = [client.get(f"/{a}") for a in assets]
+    assert [a.status_code for a in answers] == [200, 200]
+    texts = [r.text] + [a.text for a in answers]
+    # nothing from elsewhere: no absolute URL, not even a protocol-relative one
+    assert not [t for t in texts if re.search(r"https?:|[\"'(]//", t)]
+    assert client.get("/static/nothing.js").status_code == 404
+
+
 def test_refusals_carry_a_reason(client):
     cases = [
         ({"file": ("empty.dcm", b"")}, 400, "empty file"),
@@ -115,9 +206,9 @@ def test_refusals_carry_a_reason(client):
     for files, status, reason in cases:
         r = client.post("/predict", files=files)
         assert r.status_code == status, r.text
-        assert reason in r.json()["error"]
+        assert reason in r.json()["detail"]
     r = client.post("/predict", json={"file": "x"})
-    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
     assert list(client.app.state.tmp_dir.iterdir()) == []
 
 
@@ -135,13 +226,13 @@ def test_degenerate_images_are_refused_with_a_reason(client):
     for name, array, reason in cases:
         r = client.post("/predict", files={"file": (name, _png_bytes(array))})
         assert r.status_code == 422, r.text
-        assert reason in r.json()["error"]
+        assert reason in r.json()["detail"]
 
 
 def test_oversized_uploads_are_cut_off(client):
     big = os.urandom(MAX_BYTES + 1)
     r = client.post("/predict", files={"file": ("big.dcm", big)})
-    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
 
     # no Content-Length (chunked): the stream is read only up to the limit
     def body():
@@ -152,7 +243,7 @@ def test_oversized_uploads_are_cut_off(client):
     r = client.post(
         "/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=b"}
     )
-    assert r.status_code == 413 and str(MAX_BYTES) in r.json()["error"]
+    assert r.status_code == 413 and str(MAX_BYTES) in r.json()["detail"]
     assert list(client.app.state.tmp_dir.iterdir()) == []
 
 
@@ -185,47 +276,12 @@ def test_missing_model_is_a_usage_error(tmp_path, capsys):
 # Real HTTP against a uvicorn process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_path, tmp_path_factory):
-    """``python src/serve.py`` on a free port; yields (base URL, its private TMPDIR)."""
-    port = _free_port()
-    tmp = tmp_path_factory.mktemp("server-tmp")
-    log = tmp_path_factory.mktemp("server-log") / "serve.log"
-    cmd = [sys.executable, "src/serve.py", "--model", str(model_path), "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--max-bytes", str(MAX_BYTES), "--threshold", "0.3"]
-    env = {**os.environ, "TMPDIR": str(tmp)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve.py exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve.py did not answer /health:\n{log.read_text()}")
-            time.sleep(0.25)
-        yield url, tmp, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    # the lifespan removed its upload directory on shutdown
-    assert [p.name for p in tmp.iterdir()] == []
+    """``python src/serve.py`` on a free port; yields (base URL, its private TMPDIR, its log)."""
+    args = ("--max-bytes", str(MAX_BYTES), "--threshold", "0.3")
+    with running_service(model_path, tmp_path_factory.mktemp("server"), *args) as s:
+        yield s.url, s.tmp, s.log
 
 
 def test_real_http_requests(server, files, model_path):
@@ -246,9 +302,9 @@ def test_real_http_requests(server, files, model_path):
         assert r.content.startswith(b"\x89PNG")
 
         r = http.post("/predict", files={"file": ("empty.png", b"")})
-        assert r.status_code == 400 and "empty" in r.json()["error"]
+        assert r.status_code == 400 and "empty" in r.json()["detail"]
         r = http.post("/predict", files={"file": ("readme.txt", b"hello, not an X-ray")})
-        assert r.status_code == 422 and "not a DICOM, PNG or JPEG" in r.json()["error"]
+        assert r.status_code == 422 and "not a DICOM, PNG or JPEG" in r.json()["detail"]
         assert r.json()["file"] == "readme.txt"
 
         r = http.post("/predict", files=_upload(files["png"], "../../etc/passwd"))
@@ -256,7 +312,7 @@ def test_real_http_requests(server, files, model_path):
 
     # oversized, on fresh connections (the server closes after a 413)
     r = httpx.post(f"{url}/predict", files={"file": ("big.dcm", os.urandom(3 * MAX_BYTES))})
-    assert r.status_code == 413 and "limit" in r.json()["error"]
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
 
     def chunked():
         yield b"--b\r\nContent-Disposition: form-data; name=file; filename=x.dcm\r\n\r\n"

@@ -9,9 +9,15 @@ probabilities and, when asked, class activation maps. ``pneumo.deployment`` load
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 
 import numpy as np
+
+# Before onnxruntime is imported (only ever after this package): its Linux wheel carries a 1DS
+# telemetry client, which writes a session file (.ses) into TMPDIR at import; the service's
+# tests found it beside the uploads. A radiology tool keeps telemetry off; set it to 0 to opt in.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 ONNXRUNTIME, TORCH = "onnxruntime", "torch"
 RUNTIMES: tuple[str, ...] = (ONNXRUNTIME, TORCH)
