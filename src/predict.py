@@ -7,7 +7,9 @@
 A DICOM file that is not a frontal chest radiograph (by its header: Modality, BodyPartExamined,
 ViewPosition, frames, colour; see ``pneumo.intended_use``) is refused with its reason; ``--no-gate``
 predicts it anyway, for research, and every answer then says ``gate: off``. PNG and JPEG files have
-no header to check. A model trained on synthetic data gets a warning with every answer.
+no header to check. Every answer has an out-of-distribution score (``pneumo.ood``; onnxruntime only)
+and is marked unreliable when the score lies above the export stage's threshold. A model trained on
+synthetic data gets a warning with every answer.
 
 Exit status: 0 all predicted, 1 some files failed or were refused (each has a line with its
 reason), 2 usage error (no model, bad operating point or arguments).
@@ -209,7 +211,12 @@ def text_line(rec: dict[str, Any]) -> str:
     d = rec["decisions"]
     m = rec["model"]
     gate_off = ["gate off: research use"] if rec["gate"] == GATE_OFF else []
-    extra = "".join(f"  [{n}]" for n in gate_off + rec["notes"])
+    ood = (
+        [f"OUT OF DISTRIBUTION (score {rec['ood_score']:.1f}): the decision is unreliable"]
+        if rec["out_of_distribution"]
+        else []
+    )
+    extra = "".join(f"  [{n}]" for n in ood + gate_off + rec["notes"])
     cam = f"  cam {rec['cam']}" if rec["cam"] else ""
     return (
         f"{rec['file']}: p={rec['prob']:.4f}  {verdict(d['operating_point']).upper()} at "

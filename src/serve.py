@@ -166,6 +166,7 @@ def health(request: Request) -> dict[str, Any]:
         "cam_method": predictor.cam_method,
         "max_bytes": request.app.state.max_bytes,
         "provenance": predictor.model.provenance,
+        "ood_threshold": predictor.model.ood.threshold if predictor.model.ood else None,
         "warning": predictor.warning,
     }
 

@@ -16,8 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -32,7 +35,7 @@ TINY = {
 }
 CHECK = "params"  # the params.yaml check every stage depends on; re-runs on any params change
 UPSTREAM = ("download", "split", "preprocess")
-DOWNSTREAM = ("train", "infer", "evaluate", "cam")
+DOWNSTREAM = ("train", "infer", "evaluate", "cam", "export")
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -117,6 +120,8 @@ def test_repro_runs_every_stage_then_nothing(repo: Path) -> None:
         "metrics/eval.json",
         "metrics/cam.json",
         "plots/cam",
+        "data/export/model.onnx",
+        "metrics/export.json",
     ):
         assert (repo / path).exists(), path
     status = dvc(repo, "status", "--json").stdout
@@ -135,6 +140,55 @@ def test_the_model_is_a_registry_artifact(repo: Path, tmp_path: Path) -> None:
         repo, "artifacts", "get", str(repo), "pneumonia-resnet18", "--rev", "v0.1.0", "-o", str(out)
     )
     assert out.read_bytes() == (repo / "data" / "model" / "model.pt").read_bytes()
+
+
+def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_path: Path) -> None:
+    """The export stage's file, on onnxruntime, against model.pt on torch over the whole test
+    split: probabilities within 1e-5, heat maps alike; and the stage refuses a looser export."""
+    from pneumo.exporting import ExportError, run
+    from pneumo.params import load_section
+    from pneumo.runtime.onnx_model import load_onnx
+    from pneumo.runtime.torch_model import load_torch
+
+    images = np.load(repo / "data/processed/test.npy")
+    onnx_model = load_onnx(repo / "data/export/model.onnx")
+    torch_model = load_torch(repo / "data/model/model.pt")
+    for method in (None, "cam"):
+        p_onnx, maps_onnx = onnx_model.predict(images, method)
+        p_torch, maps_torch = torch_model.predict(images, method)
+        assert np.max(np.abs(p_onnx - p_torch)) <= 1e-5
+        if method:
+            np.testing.assert_allclose(maps_onnx, maps_torch, rtol=0, atol=1e-4)
+    reported = json.loads((repo / "metrics/export.json").read_text())["onnx"]
+    assert reported["max_abs_prob_diff"] <= 1e-5
+    targets = np.loadtxt(repo / "data/predictions/test.csv", delimiter=",", skiprows=1, usecols=1)
+    p_onnx, _ = onnx_model.predict(images, None)
+    assert reported["test_auroc"] == pytest.approx(roc_auc_score(targets, p_onnx), abs=1e-12)
+    # out-of-distribution: generated non-chest images score apart from the test split, and a PNG
+    # of noise given to the predict command is flagged, its decision marked unreliable
+    assert reported["ood_auroc_generated"] > 0.9 and reported["ood_test_flagged"] < 0.2
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    out = run(repo, sys.executable, "src/predict.py", str(tmp_path / "noise.png"), "--json")
+    (rec,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rec["out_of_distribution"] is True and rec["ood_score"] > onnx_model.ood.threshold
+    assert rec["model"]["runtime"] == "onnxruntime"
+    text = run(repo, sys.executable, "src/predict.py", str(tmp_path / "noise.png")).stdout
+    assert "OUT OF DISTRIBUTION" in text and "unreliable" in text
+    # a bar below float32 rounding: the stage fails and writes nothing
+    strict = load_section("export", repo / "params.yaml").model_copy(
+        update={"max_prob_diff": 1e-12}
+    )
+    out = tmp_path / "export"
+    with pytest.raises(ExportError, match="more than export.max_prob_diff"):
+        run(
+            repo / "data/model/model.pt",
+            repo / "data/processed",
+            repo / "data/predictions",
+            out,
+            strict,
+        )
+    assert not out.exists()
 
 
 def test_exp_run_reruns_only_training_and_after(repo: Path) -> None:

@@ -23,8 +23,11 @@ from pneumo.cam.head import METHODS, head_maps, resize_matrix
 from pneumo.cam.maps import activation_maps
 from pneumo.cam.overlay import jet, jet_table
 from pneumo.deployment import UsageError, load_model, model_identity
+from pneumo.exporting import add_ood
 from pneumo.model import build_network, export_model, load_exported
 from pneumo.onnx_export import export_onnx
+from pneumo.ood import fit, pool
+from pneumo.ood_sets import KINDS, generated
 from pneumo.provenance import training_provenance
 from pneumo.quantization import calibration_rows, quantize
 from pneumo.runtime.onnx_model import load_onnx
@@ -203,6 +206,52 @@ def _head_ops(graph) -> list[str]:
         if node.op_type != "ReduceMean":
             frontier.extend(node.input)
     return ops
+
+
+def test_the_ood_score_is_the_mahalanobis_distance_to_the_nearer_class():
+    from sklearn.covariance import EmpiricalCovariance
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    x = rng.normal(size=(600, 8)) + 2.0 * y[:, None]
+    val = rng.normal(size=(200, 8))
+    stats = fit(x, y, val, quantile=0.9)
+    means = np.stack([x[y == c].mean(axis=0) for c in (0, 1)])
+    cov = EmpiricalCovariance(assume_centered=True).fit(x - means[y])
+    probe = np.r_[rng.normal(size=(5, 8)), 30 + rng.normal(size=(5, 8))]
+    expected = np.sqrt(np.min([cov.mahalanobis(probe - m) for m in means], axis=0))
+    np.testing.assert_allclose(stats.score(probe), expected, rtol=2e-3)  # the ridge, float32
+    assert stats.threshold == pytest.approx(np.quantile(stats.score(val), 0.9))
+    assert stats.flag(stats.score(probe)).tolist() == [False] * 5 + [True] * 5
+    with pytest.raises(ValueError, match="both classes"):
+        fit(x[y == 0], y[y == 0], val, 0.9)
+
+
+def test_ood_statistics_travel_in_the_onnx_file(stride1, tmp_path):
+    """add_ood fits on the train split's features, thresholds on val, and stores both: the
+    loaded file scores images as the statistics say, and generated non-chest images score
+    higher than the films it was fitted on."""
+    _, onnx_file = stride1
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    train, val = _images(80, 48, seed=3), _images(40, 48, seed=4)
+    np.save(processed / "train.npy", train)
+    np.save(processed / "val.npy", val)
+    (processed / "train.csv").write_text("target\n" + "\n".join(str(i % 2) for i in range(80)))
+    path = tmp_path / "model.onnx"
+    path.write_bytes(onnx_file.read_bytes())
+    stats = add_ood(path, processed, quantile=0.95)
+    model = load_onnx(path)
+    assert model.ood is not None and model.ood.threshold == pytest.approx(stats.threshold)
+    np.testing.assert_array_equal(model.ood.precision, stats.precision)
+    out = model.predict_all(val, None)
+    assert np.mean(model.ood.flag(out.ood)) == pytest.approx(0.05, abs=0.03)
+    np.testing.assert_allclose(out.ood, stats.score(pool(model.run(val)[1])), rtol=1e-6)
+    for i, kind in enumerate(KINDS):
+        other = model.predict_all(generated(kind, 20, 48, seed=i), None).ood
+        assert np.median(other) > np.median(out.ood), kind
+    # the torch runtime has no statistics: its answers carry no score
+    assert TorchModel(load_exported(stride1[0])).predict_all(val[:2], None).ood is None
 
 
 HEAVY = ("torch", "torchvision", "lightning", "matplotlib", "pandas", "sklearn", "scipy", "onnx")

@@ -202,7 +202,14 @@ def test_json_records_have_stable_keys_and_consistent_decisions(images, model_pa
     assert len(recs) == len(images)
     keys = {"file", "prob", "positive", "threshold", "threshold_source", "decisions", "model"}
     for r in recs:
-        assert set(r) == keys | {"cam", "notes", "gate", "warning"}
+        assert set(r) == keys | {
+            "cam",
+            "notes",
+            "gate",
+            "ood_score",
+            "out_of_distribution",
+            "warning",
+        }
         assert set(r["decisions"]) == {"operating_point", "0.5", "0.25"}
         assert r["decisions"]["0.5"] == (r["prob"] >= 0.5)
         assert r["decisions"]["0.25"] == (r["prob"] >= 0.25)

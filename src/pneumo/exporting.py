@@ -1,10 +1,16 @@
 """The export stage's work: ``model.pt`` as ONNX (and, with ``export.int8``, as int8 ONNX), each
-checked on the test split against the probabilities the evaluate stage's figures come from.
+checked on the test split against the probabilities the evaluate stage's figures come from, and
+each carrying its out-of-distribution statistics (:mod:`pneumo.ood`).
 
 The float file must agree with torch to ``export.max_prob_diff`` on every test image, or the
 stage fails and writes nothing: a prediction on onnxruntime is then the prediction the metrics
 describe. An int8 file is approximate by nature: its largest difference and its test AUROC go to
 ``metrics/export.json`` beside the float file's, for the reader to judge.
+
+The out-of-distribution statistics come from the file's own features (an int8 file's differ): the
+training split's class means and covariance, and the ``export.ood_quantile`` of the validation
+split's scores as the threshold. The metrics say how often the test split is flagged and how well
+the score tells the test split from generated non-chest images (:mod:`pneumo.ood_sets`).
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from pneumo.atomic import atomic_dir
 from pneumo.layout import INT8_MODEL, ONNX_MODEL
 from pneumo.model import load_exported
-from pneumo.onnx_export import export_onnx
+from pneumo.onnx_export import export_onnx, save_onnx, set_metadata
+from pneumo.ood import OodStats, fit, pool
+from pneumo.ood_sets import KINDS, generated
 from pneumo.quantization import calibration_rows, quantize
-from pneumo.runtime.onnx_model import load_onnx
+from pneumo.runtime.onnx_model import OnnxModel, load_onnx, ood_metadata
 from pneumo.scores import threshold_free
 
 ONNX_NAME, INT8_NAME = ONNX_MODEL.name, INT8_MODEL.name
@@ -44,13 +53,53 @@ def reference(processed: Path, predictions: Path) -> tuple[np.ndarray, np.ndarra
     return images, preds["target"].to_numpy(), preds["prob"].to_numpy(dtype=np.float64)
 
 
-def compare(path: Path, images: np.ndarray, targets: np.ndarray, torch_prob: np.ndarray) -> dict:
-    """How an ONNX file's test probabilities compare with torch's: largest |delta|, AUROC, size."""
-    prob = load_onnx(path).predict_proba(images, BATCH)
+def pooled_features(model: OnnxModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (N,), pooled last features (N, C)) of uint8 images, in batches."""
+    probs, pooled = [], []
+    for start in range(0, len(images), BATCH):
+        logits, features = model.run(np.ascontiguousarray(images[start : start + BATCH]))
+        probs.append(np.exp(-np.logaddexp(0.0, -logits.astype(np.float64))))
+        pooled.append(pool(features))
+    return np.concatenate(probs), np.concatenate(pooled)
+
+
+def add_ood(path: Path, processed: Path, quantile: float) -> OodStats:
+    """Fit the file's out-of-distribution statistics on the train and val splits; store them."""
+    import onnx
+
+    model = load_onnx(path)
+    train_targets = pd.read_csv(processed / "train.csv")["target"].to_numpy()
+    _, train = pooled_features(model, np.load(processed / "train.npy", mmap_mode="r"))
+    _, val = pooled_features(model, np.load(processed / "val.npy", mmap_mode="r"))
+    stats = fit(train, train_targets, val, quantile)
+    proto = onnx.load(str(path))
+    set_metadata(proto, ood_metadata(stats))
+    save_onnx(proto, path)
+    return stats
+
+
+def compare(
+    path: Path, images: np.ndarray, targets: np.ndarray, torch_prob: np.ndarray, params: Any
+) -> dict:
+    """An ONNX file's test probabilities against torch's (largest |delta|, AUROC), its size, and
+    its out-of-distribution score on the test split and on generated non-chest images."""
+    model = load_onnx(path)
+    prob, pooled = pooled_features(model, images)
+    test_scores = model.ood.score(pooled)
+    size = model.image_size
+    other = np.concatenate(
+        [
+            model.ood.score(pooled_features(model, generated(k, params.ood_images, size, i))[1])
+            for i, k in enumerate(KINDS)
+        ]
+    )
+    is_other = np.r_[np.zeros(len(test_scores)), np.ones(len(other))]
     return {
         "max_abs_prob_diff": float(np.max(np.abs(prob - torch_prob))),
         "test_auroc": threshold_free(targets, prob, n_bins=10)["auroc"],
         "megabytes": round(path.stat().st_size / 1e6, 1),
+        "ood_test_flagged": float(np.mean(model.ood.flag(test_scores))),
+        "ood_auroc_generated": float(roc_auc_score(is_other, np.r_[test_scores, other])),
     }
 
 
@@ -64,7 +113,8 @@ def run(
     metrics: dict[str, Any] = {}
     with atomic_dir(out_dir) as tmp:
         export_onnx(model, tmp / ONNX_NAME)
-        metrics["onnx"] = compare(tmp / ONNX_NAME, images, targets, torch_prob)
+        add_ood(tmp / ONNX_NAME, processed, params.ood_quantile)
+        metrics["onnx"] = compare(tmp / ONNX_NAME, images, targets, torch_prob, params)
         worst = metrics["onnx"]["max_abs_prob_diff"]
         if not worst <= params.max_prob_diff:
             raise ExportError(

@@ -41,7 +41,7 @@ from pneumo.results import (
     heatmap_png,
     record,
 )
-from pneumo.runtime import InferenceModel
+from pneumo.runtime import InferenceModel, Outputs
 from pneumo.sniff import DICOM_SUFFIXES, IMAGE_SUFFIXES, sniff_file
 
 
@@ -190,24 +190,32 @@ def _run_window(
     model: InferenceModel, window: list[tuple[Path, Item]], cam_method: str | None
 ) -> Iterator[Prediction | Failure | Refusal]:
     ok = [item.square for _, item in window if isinstance(item, Loaded)]
-    probs, maps = (
-        model.predict(np.stack([sq.image for sq in ok]), cam_method) if ok else (None, None)
-    )
+    out = model.predict_all(np.stack([sq.image for sq in ok]), cam_method) if ok else None
     j = 0
     for path, item in window:
         if not isinstance(item, Loaded):
             yield item
             continue
-        keep = maps is not None
+        keep = out.maps is not None
         yield Prediction(
             file=str(path),
-            prob=float(probs[j]),
+            prob=float(out.probs[j]),
             notes=item.square.notes,
             image=item.square.image if keep else None,
-            cam_map=maps[j] if keep else None,
+            cam_map=out.maps[j] if keep else None,
             gate=item.gate,
+            **ood_fields(model, out, j),
         )
         j += 1
+
+
+def ood_fields(model: InferenceModel, out: Outputs, j: int) -> dict[str, Any]:
+    """The out-of-distribution score of image ``j`` of a batch and its flag (None without
+    statistics: the torch runtime, or an export from before them)."""
+    if out.ood is None or model.ood is None:
+        return {"ood_score": None, "out_of_distribution": None}
+    score = float(out.ood[j])
+    return {"ood_score": score, "out_of_distribution": bool(model.ood.flag(score))}
 
 
 class Refused(Exception):
@@ -254,11 +262,15 @@ class Predictor:
                 raise Refused(admission.refused)
             sq = load_square(path, self.model.image_size, self.model.resize_mode)
         with self._lock:
-            probs, maps = self.model.predict(sq.image[None], self.cam_method if cam else None)
+            out = self.model.predict_all(sq.image[None], self.cam_method if cam else None)
         pred = Prediction(
-            display_name, float(probs[0]), sq.notes + admission.notes, gate=admission.gate
+            display_name,
+            float(out.probs[0]),
+            sq.notes + admission.notes,
+            gate=admission.gate,
+            **ood_fields(self.model, out, 0),
         )
         rec = record(pred, self.op, self.identity, warning=self.warning)
-        if maps is None:
+        if out.maps is None:
             return rec, None
-        return rec, heatmap_png(sq.image, maps[0], rec, self.cam_method, self.alpha)
+        return rec, heatmap_png(sq.image, out.maps[0], rec, self.cam_method, self.alpha)

@@ -185,6 +185,9 @@ class ExportParams(_Section):
     calibration_images: PosInt  # static int8: train images, evenly spaced, set the ranges
     # the stage fails when an ONNX test probability differs more from the torch model's
     max_prob_diff: Annotated[float, Field(gt=0.0, lt=1.0)]
+    # out-of-distribution threshold: this quantile of the validation split's scores
+    ood_quantile: Annotated[float, Field(ge=0.5, lt=1.0)]
+    ood_images: PosInt  # generated non-chest images per kind for the metric
 
 
 SECTIONS: dict[str, type[_Section]] = {

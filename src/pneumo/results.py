@@ -37,6 +37,8 @@ class Prediction:
     image: np.ndarray | None = None  # (S, S) uint8 as the model saw it
     cam_map: np.ndarray | None = None  # (S, S) float32 in [0, 1]
     gate: str = PASSED  # the intended-use gate's verdict: passed, no header or off
+    ood_score: float | None = None  # pneumo.ood's distance; None without statistics
+    out_of_distribution: bool | None = None  # the score above the export's threshold
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def record(
         "cam": cam,
         "notes": list(pred.notes),
         "gate": pred.gate,
+        "ood_score": pred.ood_score,
+        "out_of_distribution": pred.out_of_distribution,
         "warning": warning,
     }
 
@@ -119,9 +123,10 @@ def cam_image(image: np.ndarray, cam_map: np.ndarray, caption: str, alpha: float
 
 def cam_caption(rec: dict[str, Any], method: str) -> str:
     """The caption of a heat-map PNG: probability, decision, method and model."""
+    ood = "  OUT OF DISTRIBUTION: unreliable" if rec["out_of_distribution"] else ""
     return (
         f"p={rec['prob']:.3f} {verdict(rec['positive'])} at {rec['threshold']:.3f}  "
-        f"{method}  model {rec['model']['id']}"
+        f"{method}  model {rec['model']['id']}{ood}"
     )
 
 

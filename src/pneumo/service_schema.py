@@ -69,6 +69,14 @@ class Record(BaseModel):
         description="the intended-use gate: passed (a frontal chest radiograph's DICOM header), "
         "no header (PNG or JPEG: nothing checked) or off (research use)"
     )
+    ood_score: float | None = Field(
+        description="Mahalanobis distance of the image's pooled features to the training films "
+        "(pneumo.ood); null on the torch runtime"
+    )
+    out_of_distribution: bool | None = Field(
+        description="the score lies above the export stage's threshold (/health's "
+        "ood_threshold): the decision is unreliable"
+    )
     warning: str | None = Field(
         description="set when the model was trained on synthetic data: its predictions mean "
         "nothing for real patients"
@@ -114,6 +122,10 @@ class Health(BaseModel):
     cam_method: str
     max_bytes: int = Field(description="the upload size limit")
     provenance: Provenance | None = Field(description="null for a model file from before it")
+    ood_threshold: float | None = Field(
+        description="scores above it are out of distribution: the export stage's quantile of "
+        "the validation split's scores; null on the torch runtime"
+    )
     warning: str | None = Field(description="as in every answer of this model")
 
 

@@ -10,6 +10,7 @@ probabilities and, when asked, class activation maps. ``pneumo.deployment`` load
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,6 +22,15 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 ONNXRUNTIME, TORCH = "onnxruntime", "torch"
 RUNTIMES: tuple[str, ...] = (ONNXRUNTIME, TORCH)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What one forward pass over a batch gives."""
+
+    probs: np.ndarray  # (B,) float64
+    maps: np.ndarray | None  # (B, S, S) float32 in [0, 1], when a CAM method was asked for
+    ood: np.ndarray | None  # (B,) out-of-distribution scores, when the model carries statistics
 
 
 class InferenceModel(Protocol):
@@ -35,12 +45,17 @@ class InferenceModel(Protocol):
     sha256: str  # of the file loaded
     source_sha256: str  # of the trained model.pt (equal to sha256 for model.pt itself)
     provenance: dict[str, Any] | None
+    ood: Any  # pneumo.ood.OodStats, or None: no out-of-distribution score
 
     def predict(
         self, images: np.ndarray, cam_method: str | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (B,) float64 for uint8 images (B, S, S), and maps (B, S, S) float32 in
         [0, 1] when ``cam_method`` names a CAM method (None: no maps)."""
+        ...
+
+    def predict_all(self, images: np.ndarray, cam_method: str | None) -> Outputs:
+        """``predict``'s outputs and the out-of-distribution scores, from one forward pass."""
         ...
 
 

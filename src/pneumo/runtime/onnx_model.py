@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from pneumo.cam.head import head_maps
-from pneumo.runtime import ONNXRUNTIME, normalize, sigmoid
+from pneumo.ood import OodStats, pool
+from pneumo.runtime import ONNXRUNTIME, Outputs, normalize, sigmoid
 
 FORMAT_VERSION = "1"  # of the metadata below (pneumo.onnx_export writes it)
 INPUT, LOGIT, FEATURES = "image", "logit", "features"  # the graph's names
@@ -32,6 +33,30 @@ def encode_floats(values: np.ndarray) -> str:
 def decode_floats(text: str) -> np.ndarray:
     """The inverse of :func:`encode_floats`."""
     return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
+
+
+def ood_metadata(stats: OodStats) -> dict[str, str]:
+    """The metadata entries that carry out-of-distribution statistics."""
+    return {
+        "ood_dim": str(stats.precision.shape[0]),
+        "ood_means": encode_floats(stats.means.reshape(-1)),
+        "ood_precision": encode_floats(stats.precision.reshape(-1)),
+        "ood_threshold": repr(float(stats.threshold)),
+        "ood_quantile": repr(float(stats.quantile)),
+    }
+
+
+def ood_from_metadata(meta: dict[str, str]) -> OodStats | None:
+    """The statistics ``ood_metadata`` wrote, or None for a file exported without them."""
+    if "ood_dim" not in meta:
+        return None
+    dim = int(meta["ood_dim"])
+    return OodStats(
+        means=decode_floats(meta["ood_means"]).reshape(2, dim),
+        precision=decode_floats(meta["ood_precision"]).reshape(dim, dim),
+        threshold=float(meta["ood_threshold"]),
+        quantile=float(meta["ood_quantile"]),
+    )
 
 
 class OnnxModelError(ValueError):
@@ -66,21 +91,36 @@ class OnnxModel:
     provenance: dict[str, Any] | None
     head_weight: np.ndarray  # (C,) float32: the logit's weights over the feature maps
     quantization: str  # none | static | dynamic
+    ood: OodStats | None  # the export stage's out-of-distribution statistics (pneumo.ood)
     runtime: str = ONNXRUNTIME
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits (B,), last feature maps (B, C, h, w)) of uint8 images (B, S, S)."""
+        s = self.image_size
+        if images.ndim != 3 or images.shape[1:] != (s, s):
+            raise ValueError(f"expected uint8 images (B, {s}, {s}), got {images.shape}")
+        logits, features = self.session.run(
+            [LOGIT, FEATURES], {INPUT: normalize(images, self.mean, self.std)}
+        )
+        return logits, features
+
+    def predict_all(self, images: np.ndarray, cam_method: str | None) -> Outputs:
+        """Probabilities, maps (with ``cam_method``) and out-of-distribution scores."""
+        logits, features = self.run(images)
+        return Outputs(
+            sigmoid(logits),
+            head_maps(features, self.head_weight, cam_method, self.image_size)
+            if cam_method is not None
+            else None,
+            self.ood.score(pool(features)) if self.ood is not None else None,
+        )
 
     def predict(
         self, images: np.ndarray, cam_method: str | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (B,) and, with ``cam_method``, maps (B, S, S) of uint8 images (B, S, S)."""
-        s = self.image_size
-        if images.ndim != 3 or images.shape[1:] != (s, s):
-            raise ValueError(f"expected uint8 images (B, {s}, {s}), got {images.shape}")
-        x = normalize(images, self.mean, self.std)
-        if cam_method is None:
-            (logits,) = self.session.run([LOGIT], {INPUT: x})
-            return sigmoid(logits), None
-        logits, features = self.session.run([LOGIT, FEATURES], {INPUT: x})
-        return sigmoid(logits), head_maps(features, self.head_weight, cam_method, s)
+        out = self.predict_all(images, cam_method)
+        return out.probs, out.maps
 
     def predict_proba(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         """Probabilities (N,) float64 of uint8 images (N, S, S), in batches (memmaps welcome)."""
@@ -127,4 +167,5 @@ def load_onnx(path: str | Path, threads: int = 0) -> OnnxModel:
         provenance=json.loads(meta.get("provenance", "null")),
         head_weight=decode_floats(meta["head_weight"]),
         quantization=meta.get("quantization", "none"),
+        ood=ood_from_metadata(meta),
     )

@@ -10,7 +10,7 @@ import numpy as np
 
 from pneumo.cam.maps import compute_maps
 from pneumo.model import Exported, load_exported, normalize, predict_proba
-from pneumo.runtime import TORCH
+from pneumo.runtime import TORCH, Outputs
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class TorchModel:
     sha256 = property(lambda self: self.exported.sha256)
     source_sha256 = property(lambda self: self.exported.sha256)  # it is the trained file
     provenance = property(lambda self: self.exported.provenance)
+    ood = None  # the statistics are the ONNX export's (pneumo.exporting)
 
     def predict(
         self, images: np.ndarray, cam_method: str | None
@@ -40,6 +41,11 @@ class TorchModel:
         if cam_method is None:
             return predict_proba(m.net, images, m.mean, m.std, len(images)), None
         return compute_maps(m.net, m.arch, normalize(images, m.mean, m.std), cam_method)
+
+    def predict_all(self, images: np.ndarray, cam_method: str | None) -> Outputs:
+        """``predict``'s outputs; no out-of-distribution score: its statistics are the ONNX
+        export's (``pneumo.exporting``), not model.pt's."""
+        return Outputs(*self.predict(images, cam_method), None)
 
 
 def load_torch(path: str | Path) -> TorchModel:

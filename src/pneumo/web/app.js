@@ -9,6 +9,7 @@ const GATE = {
   off: "off: research use, the answer is not for patients",
 };
 let lastFile = null;
+let oodThreshold = null; // /health's ood_threshold
 
 function percent(x) {
   return x === null || x === undefined ? "?" : `${(100 * x).toFixed(1)} %`;
@@ -37,6 +38,7 @@ async function loadHealth() {
     $("m-source").textContent = describeSource(h.provenance);
     $("m-threshold").textContent = `${h.threshold} (${h.threshold_source})`;
     showWarning($("model-warning"), h.warning);
+    oodThreshold = h.ood_threshold;
   } catch (e) {
     $("m-id").textContent = `unknown (GET health failed: ${e.message})`;
   }
@@ -81,6 +83,24 @@ function decisionRow(key, positive, rec) {
   return tr;
 }
 
+function showOod(rec) {
+  const score = $("r-ood-score");
+  score.dataset.ood = String(rec.out_of_distribution);
+  score.textContent =
+    rec.ood_score === null
+      ? "not available (this runtime has no statistics)"
+      : `${rec.ood_score.toFixed(1)} (out of distribution above ${
+          oodThreshold === null ? "?" : oodThreshold.toFixed(1)
+        })`;
+  showWarning(
+    $("r-ood"),
+    rec.out_of_distribution
+      ? "Out of distribution: this image does not look like the films the model was trained on, " +
+          "so the decision below is unreliable."
+      : null,
+  );
+}
+
 function showResult(rec) {
   $("error").hidden = true;
   $("r-file").textContent = rec.file;
@@ -93,6 +113,7 @@ function showResult(rec) {
     .replaceChildren(...Object.entries(rec.decisions).map(([k, v]) => decisionRow(k, v, rec)));
   $("r-gate").textContent = GATE[rec.gate] || rec.gate;
   $("r-gate").dataset.gate = rec.gate;
+  showOod(rec);
   const notes = rec.notes.length ? rec.notes : ["none"];
   $("r-notes").replaceChildren(
     ...notes.map((n) => Object.assign(document.createElement("li"), { textContent: n })),
