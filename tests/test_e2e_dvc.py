@@ -175,19 +175,18 @@ def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_pa
     assert rec["model"]["runtime"] == "onnxruntime"
     text = run(repo, sys.executable, "src/predict.py", str(tmp_path / "noise.png")).stdout
     assert "OUT OF DISTRIBUTION" in text and "unreliable" in text
+    params = load_section("export", repo / "params.yaml")
+    inputs = [repo / "data/model/model.pt", repo / "data/processed", repo / "data/predictions"]
+    # export.int8: an int8 file beside the float one, with its own figures and statistics
+    metrics = run(*inputs, tmp_path / "int8", params.model_copy(update={"int8": "static"}))
+    int8 = load_onnx(tmp_path / "int8" / "model.int8.onnx")
+    assert int8.quantization == "static" and int8.ood is not None
+    assert metrics["int8"]["mode"] == "static" and 0.5 < metrics["int8"]["test_auroc"] <= 1
+    assert metrics["onnx"] == reported
     # a bar below float32 rounding: the stage fails and writes nothing
-    strict = load_section("export", repo / "params.yaml").model_copy(
-        update={"max_prob_diff": 1e-12}
-    )
     out = tmp_path / "export"
     with pytest.raises(ExportError, match="more than export.max_prob_diff"):
-        run(
-            repo / "data/model/model.pt",
-            repo / "data/processed",
-            repo / "data/predictions",
-            out,
-            strict,
-        )
+        run(*inputs, out, params.model_copy(update={"max_prob_diff": 1e-12}))
     assert not out.exists()
 
 
