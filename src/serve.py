@@ -1,6 +1,7 @@
-"""A small web service around the exported model (FastAPI).
+"""A small web service around the exported model (FastAPI), on onnxruntime without torch.
 
     python src/serve.py                                   # http://127.0.0.1:8000
+    python src/serve.py --runtime torch                   # model.pt on torch instead
     curl -F file=@scan.dcm http://127.0.0.1:8000/predict
     curl -F file=@scan.dcm 'http://127.0.0.1:8000/predict?cam=true' -o heatmap.png
     curl http://127.0.0.1:8000/health
@@ -13,7 +14,8 @@ elsewhere). ``POST /predict`` answers the JSON object of ``src/predict.py --json
 malformed, 415 not multipart, 422 not a readable image, or a DICOM file that the intended-use gate
 refuses (not a frontal chest radiograph: ``pneumo.intended_use``; the body then also has
 ``refused``). ``?gate=false`` predicts it anyway, for research, and the answer says
-``"gate": "off"``. ``/openapi.json`` and ``/docs`` describe every answer
+``"gate": "off"``. Every answer carries an out-of-distribution score and flag (``pneumo.ood``).
+``/openapi.json`` and ``/docs`` describe every answer
 (``pneumo.service_schema``). Uploads are streamed to a private temporary directory under a name
 the service makes up, and deleted after the answer.
 """
@@ -32,9 +34,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-# Before torch is imported: OpenMP threads that spin while waiting steal the cores from each
-# other and from the image decoders whenever anything else runs; sleeping threads made one
-# image's forward pass 30x and a batch 2x faster on a busy 2-core machine (bench/predict.py).
+# Before torch is imported (--runtime torch): OpenMP threads that spin while waiting steal the
+# cores from each other and from the image decoders whenever anything else runs; sleeping threads
+# made one image's forward pass 30x and a batch 2x faster on a busy 2-core machine
+# (bench/predict.py). onnxruntime's threads are told the same by pneumo.runtime.onnx_model.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fastapi import FastAPI, Query, Request  # noqa: E402
