@@ -13,13 +13,13 @@ from pneumo.atomic import write_json
 from pneumo.cam.analysis import analyse, tune_map_thresholds
 from pneumo.cam.gallery import write_gallery
 from pneumo.cam.inputs import read_predicted_split
-from pneumo.layout import MODEL, OPERATING_POINT, PREDICTIONS, PROCESSED
+from pneumo.headline import cam_headline
+from pneumo.layout import DETAIL, METRICS_DIR, MODEL, OPERATING_POINT, PREDICTIONS, PROCESSED
 from pneumo.model import load_exported
 from pneumo.operating_point import operating_point_or_fallback
 from pneumo.params import load_or_exit
 
 GALLERY = Path("plots/cam")
-METRICS = Path("metrics/cam.json")
 
 
 def main() -> None:
@@ -54,7 +54,8 @@ def main() -> None:
         seed=params.seed,
     )
     write_gallery(GALLERY, result, test, alpha=params.alpha)
-    write_json(METRICS, result.metrics)
+    write_json(DETAIL / "cam.json", result.metrics)
+    write_json(METRICS_DIR / "cam.json", cam_headline(result.metrics))
     m = result.metrics
     print(
         f"{m['method']} on {m['n_images']} positive test images with boxes: "

@@ -10,10 +10,9 @@ from pathlib import Path
 
 from pneumo.eval_outputs import write_evaluation
 from pneumo.evaluation import evaluate, read_predictions
-from pneumo.layout import OPERATING_POINT, PREDICTIONS
+from pneumo.layout import DETAIL, METRICS_DIR, OPERATING_POINT, PREDICTIONS
 from pneumo.params import kwargs_for, load_or_exit
 
-METRICS = Path("metrics/eval.json")
 PLOTS = Path("plots/eval")
 
 
@@ -24,7 +23,8 @@ def main() -> None:
         read_predictions(PREDICTIONS / "test.csv"),
         **kwargs_for(evaluate, params),
     )
-    write_evaluation(result, METRICS, PLOTS, OPERATING_POINT)
+    headline, detail = METRICS_DIR / "eval.json", DETAIL / "eval.json"
+    write_evaluation(result, headline, detail, PLOTS, OPERATING_POINT)
     test = result.metrics["test"]
     print(
         f"test AUROC {test['auroc']} [{test['auroc_lo']}, {test['auroc_hi']}]; operating point "
@@ -32,6 +32,11 @@ def main() -> None:
         f"{params.target_sensitivity}): test sensitivity {test['op']['recall']}, "
         f"specificity {test['op']['specificity']}"
     )
+    for block in test["negatives_by_class"].values():
+        print(
+            f"test specificity among {block['n']} negatives of class {block['class']!r}: "
+            f"{block['op']['specificity']} at the operating point"
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from pneumo.atomic import write_json
 from pneumo.labels.errors import LabelError
@@ -12,11 +11,9 @@ from pneumo.labels.split import split_patients
 from pneumo.labels.split_files import write_splits
 from pneumo.labels.summary import summarize
 from pneumo.labels.table import build_table
-from pneumo.layout import RAW, SPLIT
+from pneumo.layout import RAW, SPLIT, SPLIT_SUMMARY
 from pneumo.params import load_or_exit
 from pneumo.split_schema import SPLITS
-
-METRICS = Path("metrics/split.json")
 
 
 def main() -> None:
@@ -32,7 +29,7 @@ def main() -> None:
         sys.exit(f"split: error: {e}")
     write_splits(splits, SPLIT)
     summary = summarize(splits, flags)
-    write_json(METRICS, summary)
+    write_json(SPLIT_SUMMARY, summary)
     for name in SPLITS:
         s = summary[name]
         logging.info(
@@ -43,7 +40,7 @@ def main() -> None:
             100 * s["prevalence"],
             f"{s['groups']:,}",
         )
-    logging.info("wrote %s and %s", SPLIT, METRICS)
+    logging.info("wrote %s and %s", SPLIT, SPLIT_SUMMARY)
 
 
 if __name__ == "__main__":

@@ -476,7 +476,16 @@ def test_stage_end_to_end(tmp_path):
     result = run_stage("cam.py", tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "from data/operating_point.json" in result.stdout
-    metrics = json.loads((tmp_path / "metrics/cam.json").read_text())
+    metrics = json.loads((tmp_path / "data/detail/cam.json").read_text())
+    headline = json.loads((tmp_path / "metrics/cam.json").read_text())
+    assert set(headline) == {
+        "cam.pointing",
+        "cam.iou",
+        "baseline.pointing",
+        "baseline.iou",
+        "sanity.random_corr",
+    }
+    assert all(headline[k] == metrics[k] for k in headline)
     assert metrics["method"] == "gradcam" and metrics["n_images"] == 5
     assert metrics["pointing_tolerance_px"] == pytest.approx(3.2)
     assert metrics["map_threshold"] in (0.3, 0.5, 0.7)

@@ -35,7 +35,7 @@ TINY = {
 }
 CHECK = "params"  # the params.yaml check every stage depends on; re-runs on any params change
 UPSTREAM = ("download", "split", "preprocess")
-DOWNSTREAM = ("train", "infer", "evaluate", "cam", "export")
+DOWNSTREAM = ("train", "infer", "evaluate", "cam", "export", "card")
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -122,8 +122,16 @@ def test_repro_runs_every_stage_then_nothing(repo: Path) -> None:
         "plots/cam",
         "data/export/model.onnx",
         "metrics/export.json",
+        "data/detail/eval.json",
+        "reports/model_card.md",
     ):
         assert (repo / path).exists(), path
+    # the headline: what `dvc metrics show` prints fits the budget (the detail is elsewhere)
+    shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    keys = [k for f in files.values() for k in _flat(f["data"])]
+    assert 20 <= len(keys) <= 30, keys
+    assert not any(k.startswith("val.") for k in keys), keys
     status = dvc(repo, "status", "--json").stdout
     assert json.loads(status) == {}, status
     again = dvc(repo, "repro").stdout
@@ -288,8 +296,9 @@ def test_run_cache_restores_a_teammates_run(repo: Path, tmp_path: Path) -> None:
     # the outputs they name, which `dvc pull` of HEAD did not bring.
     set_params(clone, {"train": {"lr": 1e-3}, "evaluate": {"thresholds": [0.5, 0.25]}})
     out = dvc(clone, "repro", "--pull").stdout
-    # evaluate (seconds) is not run-cached: DVC skips stages with uncached non-plot outputs
-    assert ran_stages(out) <= {"evaluate"}, out
+    # evaluate and card (seconds) are not run-cached: DVC skips stages with uncached non-plot
+    # outputs (plots/eval, the git-tracked card)
+    assert ran_stages(out) <= {"evaluate", "card"}, out
     for stage in ("train", "infer", "cam"):
         assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in out, out
     assert json.loads(dvc(clone, "status", "--json").stdout) == {}
@@ -298,6 +307,15 @@ def test_run_cache_restores_a_teammates_run(repo: Path, tmp_path: Path) -> None:
     ours = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
     for stage in DOWNSTREAM:
         assert ours[stage]["outs"] == theirs[stage]["outs"], stage
+
+
+def _flat(obj: dict, prefix: str = "") -> list[str]:
+    """Dotted leaf paths of a nested dict, as `dvc metrics show` names them."""
+    out = []
+    for key, value in obj.items():
+        path = f"{prefix}{key}"
+        out += _flat(value, f"{path}.") if isinstance(value, dict) else [path]
+    return out
 
 
 def _experiment_runs(shown: list[dict]) -> list[dict]:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import recall_score, roc_auc_score
 
 from conftest import run_stage
 from pneumo import split_inference as infer
@@ -32,6 +32,9 @@ EVAL_PARAMS = {
 }
 
 
+LO, NORMAL, NOT_NORMAL = "Lung Opacity", "Normal", "No Lung Opacity / Not Normal"
+
+
 def _predictions(n: int, seed: int) -> pd.DataFrame:
     """Prediction rows with signal; AP films positive more often, as in RSNA."""
     rng = np.random.default_rng(seed)
@@ -46,6 +49,7 @@ def _predictions(n: int, seed: int) -> pd.DataFrame:
             "view": view,
             "sex": rng.choice(["M", "F", ""], n, p=[0.5, 0.45, 0.05]),
             "age": rng.choice(["23", "47", "70", "", "151"], n),
+            "class": np.where(y == 1, LO, rng.choice([NORMAL, NOT_NORMAL], n)),
         }
     )
 
@@ -75,11 +79,15 @@ def test_evaluate_writes_outputs(predictions: Path, tmp_path: Path):
     )
     params = {k: v for k, v in EVAL_PARAMS.items() if k != "batch_size"}
     result = evaluate(val, test, **params)
-    write_evaluation(
-        result, tmp_path / "metrics/eval.json", tmp_path / "plots/eval", tmp_path / "op.json"
-    )
-    metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
+    headline, detail = tmp_path / "metrics/eval.json", tmp_path / "data/detail/eval.json"
+    write_evaluation(result, headline, detail, tmp_path / "plots/eval", tmp_path / "op.json")
+    metrics = json.loads(detail.read_text())
     flat = dict(_leaves(metrics))
+    # the headline: a handful of the detail's figures, under the same names
+    short = dict(_leaves(json.loads(headline.read_text())))
+    assert len(short) == 14 and all(short[k] == flat[k] for k in short), short
+    assert {"test.auroc_lo", "test.op.recall", "test.t025.specificity", "test.ece"} <= set(short)
+    assert not any(k.startswith("val.") or ".view." in k for k in short)
     for v in flat.values():
         assert v is None or isinstance(v, (int, float, bool, str))
     assert flat["test.auroc"] == pytest.approx(roc_auc_score(test.target, test.prob), abs=1e-5)
@@ -89,6 +97,19 @@ def test_evaluate_writes_outputs(predictions: Path, tmp_path: Path):
         assert key in flat, key
     # RSNA-like confounding: AP films are positive more often
     assert flat["test.view.AP.prevalence"] > flat["test.view.PA.prevalence"]
+    # specificity among the negatives of each detailed class, against scikit-learn's
+    by_class = metrics["test"]["negatives_by_class"]
+    assert set(by_class) == {"normal", "not_normal"}
+    for key, name in (("normal", NORMAL), ("not_normal", NOT_NORMAL)):
+        neg = test[test["class"] == name]
+        assert by_class[key]["class"] == name and by_class[key]["n"] == len(neg)
+        for decision in ("t050", "op"):
+            t = metrics["test"][decision]["threshold"]
+            pred = (neg.prob >= t).astype(int)
+            fp = int(pred.sum())
+            assert by_class[key][decision]["fp"] == fp
+            spec = recall_score(1 - neg.target, 1 - pred)  # specificity: recall of the negatives
+            assert by_class[key][decision]["specificity"] == pytest.approx(spec, abs=1e-6)
     op = json.loads((tmp_path / "op.json").read_text())
     assert set(op) == {
         "threshold",
@@ -129,8 +150,9 @@ def test_evaluate_script(predictions: Path, tmp_path: Path):
     run = run_stage("evaluate.py", tmp_path)
     assert run.returncode == 0, run.stderr
     assert "test AUROC" in run.stdout
-    metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
+    metrics = json.loads((tmp_path / "data/detail/eval.json").read_text())
     assert metrics["test"]["op"]["target"] == 0.9
+    assert "val" not in json.loads((tmp_path / "metrics/eval.json").read_text())
     op = json.loads((tmp_path / "data/operating_point.json").read_text())
     assert op["threshold"] == pytest.approx(metrics["val"]["op"]["threshold"], rel=1e-5)
     assert not list(tmp_path.rglob("*.tmp"))
@@ -166,7 +188,7 @@ def _processed(root: Path, size: int, resize_mode: str = "pad") -> Path:
                 "patientId": [f"{split}{i}" for i in range(n)],
                 "groupId": [f"g{split}{i}" for i in range(n)],
                 "target": [i % 2 for i in range(n)],
-                "class": ["Normal"] * n,
+                "class": ["Lung Opacity", "Normal"] * (n // 2) + ["Normal"] * (n % 2),
                 "view": ["PA", "AP", ""] * (n // 3) + ["PA"] * (n % 3),
                 "sex": ["M", "", "F"] * (n // 3) + ["F"] * (n % 3),
                 "age": ["34", "", "151"] * (n // 3) + ["60"] * (n % 3),
@@ -204,7 +226,7 @@ def test_infer_matches_predict_proba(model_file: Path, tmp_path: Path):
         raw = pd.read_csv(out / f"{split}.csv", dtype=str, keep_default_na=False)
         assert list(raw.columns) == list(PREDICTION_COLUMNS)
         index = pd.read_csv(processed / f"{split}.csv", dtype=str, keep_default_na=False)
-        for col in ("patientId", "view", "sex", "age"):  # passed through unchanged, in order
+        for col in ("patientId", "view", "sex", "age", "class"):  # passed through, in order
             assert raw[col].tolist() == index[col].tolist(), col
         images = np.load(processed / f"{split}.npy")
         expected = predict_proba(model.net, images, model.mean, model.std, batch_size=3)
@@ -236,6 +258,6 @@ def test_infer_then_evaluate_scripts(model_file: Path, tmp_path: Path):
         assert run.returncode == 0, f"{script}: {run.stderr}"
     test = read_predictions(tmp_path / "data/predictions/test.csv")
     assert test.patientId.tolist() == [f"test{i}" for i in range(7)]
-    metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
+    metrics = json.loads((tmp_path / "data/detail/eval.json").read_text())
     assert metrics["test"]["n"] == 7 and metrics["val"]["n"] == 5
     assert (tmp_path / "data/operating_point.json").is_file()

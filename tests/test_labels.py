@@ -441,11 +441,12 @@ def test_stage_script_end_to_end(tmp_path):
     make_raw(tmp_path / "data" / "raw", n_neg=30, n_pos=12)
     done = run_stage("split.py", tmp_path)
     assert done.returncode == 0, done.stderr
-    metrics = json.loads((tmp_path / "metrics" / "split.json").read_text())
+    metrics = json.loads((tmp_path / "data" / "detail" / "split.json").read_text())
     assert metrics["total"]["n"] == 42 and metrics["flags"]["impossible_age"] == 0
     for name in SPLITS:
         assert len(read_split(tmp_path / "data" / "split" / f"{name}.csv")) == metrics[name]["n"]
     assert "train" in done.stderr and "positive" in done.stderr
+    assert "split: read 42/42 headers" in done.stderr  # progress, plain off a terminal
 
     (tmp_path / "data" / "raw" / LABELS_CSV).write_text("patientId,x,y,width,height,Target\n")
     done = run_stage("split.py", tmp_path)

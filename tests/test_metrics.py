@@ -408,6 +408,7 @@ def _frame(y, p, rng):
             "view": rng.choice(["PA", "AP", ""], n),
             "sex": rng.choice(["M", "F"], n),
             "age": rng.choice(["25", "45", "75", "", "150"], n),
+            "class": np.where(np.asarray(y) == 1, "Lung Opacity", "Normal"),
         }
     )
 

@@ -59,7 +59,10 @@ def _run_in_process(path: Path, monkeypatch) -> dict:
 
     monkeypatch.chdir(path)
     train.main()
-    return json.loads((path / "metrics" / "train.json").read_text())
+    detail = json.loads((path / "data" / "detail" / "train.json").read_text())
+    headline = json.loads((path / "metrics" / "train.json").read_text())
+    assert headline == {k: detail[k] for k in ("best_val_auroc", "best_epoch", "epochs")}
+    return detail
 
 
 def _val_auroc_of_export(path: Path) -> float:
@@ -87,7 +90,7 @@ def test_outputs_and_same_seed_gives_the_same_metrics(tmp_path, monkeypatch):
     ckpt = torch.load(tmp_path / "a/data/model/checkpoints/best.ckpt", weights_only=False)
     assert str(tmp_path) not in repr(ckpt["callbacks"])
 
-    # metrics/train.json
+    # data/detail/train.json
     assert set(a) == {"best_val_auroc", "best_epoch", "epochs", "max_epochs", "val_images", "last"}
     assert (
         a["epochs"] == a["max_epochs"] == 2 and a["best_epoch"] in (1, 2) and a["val_images"] == 31
@@ -197,7 +200,7 @@ def test_ddp_on_two_cpu_processes_validates_on_the_whole_val_set(tmp_path):
     )
     assert done.returncode == 0, done.stdout
     assert "Starting with 2 processes" in done.stdout
-    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    metrics = json.loads((project / "data" / "detail" / "train.json").read_text())
     assert metrics["val_images"] == 33
     # not 0 or 1 (the only values all CPUs must agree on after six steps), so a duplicated or a
     # missing validation sample would change it and the comparison below would show it

@@ -36,6 +36,8 @@ def test_workflow_posts_the_diffs_the_readme_promises() -> None:
         "dvc metrics diff main --md",
         "dvc params diff main --md",
         "dvc plots diff main",
+        "git diff --no-color main -- reports/model_card.md",
+        "cat reports/model_card.md",
         "pip install -r requirements.txt",
         ".ci/connect-remote",
     ):

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from pneumo.image_io.errors import ImageReadError
 from pneumo.imaging import SquareTransform, load_square
+from pneumo.progress import Progress
 from pneumo.workers import die_with_parent, process_pool
 
 
@@ -150,11 +150,6 @@ def _merge(into: ChunkResult, part: ChunkResult) -> None:
     into.histogram += part.histogram
 
 
-class _Bar(tqdm):
-    # no monitor thread: the pool forks workers, and forking a multi-threaded process is unsafe
-    monitor_interval = 0
-
-
 def _mp_context() -> Any:
     # fork starts workers in milliseconds and they need only this module's imports; it is safe
     # because the stage process runs no threads (no torch, no OpenMP, no tqdm monitor) to copy
@@ -169,11 +164,8 @@ def convert_chunks(tasks: list[Chunk], workers: int, progress: bool) -> list[Chu
     rejected = 0
     with (
         tempfile.TemporaryDirectory(prefix="preprocess-started-") as markers,
-        _Bar(
-            total=sum(len(t.rows) for t in tasks),
-            unit="img",
-            desc="preprocess",
-            disable=not progress,
+        Progress(
+            sum(len(t.rows) for t in tasks), "preprocess: convert", "images", enabled=progress
         ) as bar,
     ):
         tasks = [replace(t, marker=os.path.join(markers, str(i))) for i, t in enumerate(tasks)]
@@ -190,8 +182,7 @@ def convert_chunks(tasks: list[Chunk], workers: int, progress: bool) -> list[Chu
                         broken.append(i)  # every unfinished chunk, once one worker has died
                         continue
                     rejected += len(results[i].rejected)
-                    bar.update(len(tasks[i].rows))
-                    bar.set_postfix(rejected=rejected, refresh=False)
+                    bar.update(len(tasks[i].rows), rejected=rejected)
             # the chunks that had started hold the culprit: isolate them; rerun the rest in a
             # fresh pool, so one bad file neither stops the stage nor its parallelism
             started = [i for i in broken if os.path.exists(tasks[i].marker)]

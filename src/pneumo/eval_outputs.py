@@ -1,5 +1,6 @@
-"""What the evaluate stage writes: the metrics (rounded for readable diffs), the operating point,
-and the plot data read by the top-level ``plots:`` section of dvc.yaml."""
+"""What the evaluate stage writes: the metrics (rounded for readable diffs; the headline and the
+detail, ``pneumo.headline``), the operating point, and the plot data read by the top-level
+``plots:`` section of dvc.yaml."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pneumo.atomic import atomic_dir, write_json
 from pneumo.eval_checks import EvaluationError
+from pneumo.headline import eval_headline
 from pneumo.scores import calibration_table
 
 LABELS = {0: "negative", 1: "positive"}  # confusion-matrix plot labels
-SIGNIFICANT_DIGITS = 6  # rounding of eval.json and plot data, so diffs stay readable
+SIGNIFICANT_DIGITS = 6  # rounding of the metrics and plot data, so diffs stay readable
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,14 @@ def _rows(**columns: np.ndarray) -> list[dict[str, Any]]:
 
 
 def write_evaluation(
-    evaluation: Evaluation, metrics_path: str | Path, plots_dir: str | Path, op_path: str | Path
+    evaluation: Evaluation,
+    metrics_path: str | Path,
+    detail_path: str | Path,
+    plots_dir: str | Path,
+    op_path: str | Path,
 ) -> None:
-    """Write metrics JSON, plot files (a fresh directory, swapped in whole) and the op point."""
+    """Write the headline metrics and their detail (JSON), the plot files (a fresh directory,
+    swapped in whole) and the operating point."""
     with atomic_dir(plots_dir) as tmp:
         for name, rows in evaluation.plots.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -112,4 +119,5 @@ def write_evaluation(
                 with (tmp / name).open("w") as f:
                     json.dump(rows, f, allow_nan=False)
     write_json(op_path, evaluation.operating_point)
-    write_json(metrics_path, evaluation.metrics)
+    write_json(detail_path, evaluation.metrics)
+    write_json(metrics_path, eval_headline(evaluation.metrics))

@@ -1,5 +1,6 @@
 """The evaluate stage's work: read the stored predictions, choose the operating points on
-validation, and score both splits (with intervals) and the subgroups of test.
+validation, and score both splits (with intervals), the subgroups of test and its negatives by
+detailed class.
 
 Conventions: ``pneumo.eval_checks``; the scores themselves live in ``scores``, ``bootstrap``,
 ``operating_point`` and ``subgroups``, and the written form in ``eval_outputs``.
@@ -30,7 +31,7 @@ from pneumo.operating_point import (
     youden_threshold,
 )
 from pneumo.scores import threshold_free, threshold_metrics
-from pneumo.subgroups import subgroups_by_attribute
+from pneumo.subgroups import specificity_by_class, subgroups_by_attribute
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
@@ -95,6 +96,7 @@ def evaluate(
     )
     metrics["test"]["op"].update(spread)
     metrics["test"].update(subgroups_by_attribute(test, decisions, age_bands))
+    metrics["test"]["negatives_by_class"] = specificity_by_class(test, decisions)
     n_val_positives = int(arrays["val"][0].sum())
     operating_point = operating_point_record(
         op, target_sensitivity, spread, n_val_positives, youden

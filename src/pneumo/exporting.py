@@ -81,8 +81,8 @@ def add_ood(path: Path, processed: Path, quantile: float) -> OodStats:
 def compare(
     path: Path, images: np.ndarray, targets: np.ndarray, torch_prob: np.ndarray, params: Any
 ) -> dict:
-    """An ONNX file's test probabilities against torch's (largest |delta|, AUROC), its size, and
-    its out-of-distribution score on the test split and on generated non-chest images."""
+    """An ONNX file's test probabilities against torch's (largest |delta|, AUROC), and its
+    out-of-distribution score on the test split and on generated non-chest images."""
     model = load_onnx(path)
     prob, pooled = pooled_features(model, images)
     test_scores = model.ood.score(pooled)
@@ -97,7 +97,6 @@ def compare(
     return {
         "max_abs_prob_diff": float(np.max(np.abs(prob - torch_prob))),
         "test_auroc": threshold_free(targets, prob, n_bins=10)["auroc"],
-        "megabytes": round(path.stat().st_size / 1e6, 1),
         "ood_test_flagged": float(np.mean(model.ood.flag(test_scores))),
         "ood_auroc_generated": float(roc_auc_score(is_other, np.r_[test_scores, other])),
     }
@@ -115,6 +114,7 @@ def run(
         export_onnx(model, tmp / ONNX_NAME)
         add_ood(tmp / ONNX_NAME, processed, params.ood_quantile)
         metrics["onnx"] = compare(tmp / ONNX_NAME, images, targets, torch_prob, params)
+        del metrics["onnx"]["test_auroc"]  # evaluate's, to float rounding: not a second headline
         worst = metrics["onnx"]["max_abs_prob_diff"]
         if not worst <= params.max_prob_diff:
             raise ExportError(

@@ -21,4 +21,14 @@ OPERATING_POINT = Path("data/operating_point.json")
 
 # data/predictions/<split>.csv: the splits infer scores and the columns evaluate and cam read
 PREDICTED_SPLITS = ("val", "test")
-PREDICTION_COLUMNS = ("patientId", "target", "prob", "view", "sex", "age")
+PREDICTION_COLUMNS = ("patientId", "target", "prob", "view", "sex", "age", "class")
+
+# The headline figures (the top-level `metrics:` of dvc.yaml, what `dvc metrics diff` prints) and
+# the detail behind them: every interval, subgroup, count and val, read by the model card. The
+# detail files are DVC-cached outputs (not git): cached, they keep train and cam run-cached.
+METRICS_DIR = Path("metrics")
+DETAIL = Path("data/detail")
+SPLIT_SUMMARY = DETAIL / "split.json"
+REPORTS = Path("reports")  # git-tracked: the model card and its figures
+MODEL_CARD = REPORTS / "model_card.md"
+CARD_FIGURES = REPORTS / "figures"

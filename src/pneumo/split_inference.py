@@ -12,6 +12,9 @@ import pandas as pd
 from pneumo.atomic import atomic_dir
 from pneumo.layout import PREDICTED_SPLITS, PREDICTION_COLUMNS
 from pneumo.model import Exported, load_exported, predict_proba
+from pneumo.progress import track_batches
+
+CHUNK_BATCHES = 8  # batches between two progress updates
 
 
 def predict_split(
@@ -29,7 +32,13 @@ def predict_split(
         raise ValueError(
             f"{source}.npy has {len(images)} images but {source}.csv {len(index)} rows"
         )
-    prob = predict_proba(model.net, images, model.mean, model.std, batch_size)
+    # in chunks of whole batches, so each batch (and each probability) is what one call gives
+    step = batch_size * CHUNK_BATCHES
+    parts = [
+        predict_proba(model.net, images[chunk], model.mean, model.std, batch_size)
+        for chunk in track_batches(len(images), step, f"infer: {Path(source).name}", "images")
+    ]
+    prob = np.concatenate(parts) if parts else np.empty(0)
     return index.assign(prob=prob)[list(PREDICTION_COLUMNS)]
 
 

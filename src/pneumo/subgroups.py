@@ -1,4 +1,5 @@
-"""Scores per subgroup of the test split (view, sex, age band), with stable keys for the JSON.
+"""Scores per subgroup of the test split (view, sex, age band; the negatives by detailed class),
+with stable keys for the JSON.
 
 Conventions: ``pneumo.eval_checks``.
 """
@@ -13,7 +14,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pneumo.eval_checks import EvaluationError, check_binary
-from pneumo.scores import ratio, threshold_metrics
+from pneumo.rsna import class_key
+from pneumo.scores import confusion_counts, ratio, threshold_metrics
 
 SUBGROUP_LEVELS = {"view": ("PA", "AP"), "sex": ("M", "F")}  # always reported, for stable keys
 
@@ -101,3 +103,26 @@ def _one_subgroup(y: np.ndarray, p: np.ndarray, decisions: Mapping[str, float]) 
         m = threshold_metrics(y, p, t)
         g[key] = {"recall": m["recall"], "specificity": m["specificity"]}
     return g
+
+
+def specificity_by_class(
+    df: pd.DataFrame, decisions: Mapping[str, float]
+) -> dict[str, dict[str, Any]]:
+    """Among the negatives, per detailed class (RSNA's "Normal" and "No Lung Opacity / Not
+    Normal"): count, and per decision the false positives and the specificity.
+
+    RSNA's "Not Normal" films carry other disease, lines and devices; a model that learnt the
+    devices as a shortcut for opacity shows it as a lower specificity there than on "Normal".
+    Keys are ``pneumo.rsna.class_key``'s (``normal``, ``not_normal``).
+    """
+    y, p = check_binary(df["target"].to_numpy(), df["prob"].to_numpy())
+    labels = subgroup_labels(df["class"])
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(labels[y == 0])):
+        mask = (y == 0) & (labels == name)
+        block: dict[str, Any] = {"class": name, "n": int(mask.sum())}
+        for key, t in decisions.items():
+            fp = confusion_counts(y[mask], p[mask], t)["fp"]
+            block[key] = {"fp": fp, "specificity": ratio(block["n"] - fp, block["n"])}
+        out[class_key(name)] = block
+    return out

@@ -21,6 +21,7 @@ from pneumo.cam.inputs import CamInputs
 from pneumo.cam.localization import SCORE_KEYS, gaussian_map, iou_dice, pearson, score_map
 from pneumo.cam.maps import compute_maps
 from pneumo.model import Exported, build_network, normalize
+from pneumo.progress import track_batches
 
 PROB_TOLERANCE = 1e-3  # model vs predictions file; larger means the predictions are stale
 
@@ -70,8 +71,8 @@ def tune_map_thresholds(
         raise ValueError("no validation positive has a box: cannot tune the map threshold")
     baseline = gaussian_map(val.images.shape[1])
     totals = {"cam": np.zeros(len(candidates)), "baseline": np.zeros(len(candidates))}
-    for start in range(0, len(rows), batch_size):
-        idx = rows[start : start + batch_size]
+    for batch in track_batches(len(rows), batch_size, "cam: tune on val", "images"):
+        idx = rows[batch]
         x = normalize(np.ascontiguousarray(val.images[idx]), model.mean, model.std)
         probs, maps = compute_maps(model.net, model.arch, x, method, shift)
         _check_probs(probs, val, idx)
@@ -125,8 +126,8 @@ def analyse(
     tolerance = pointing_tolerance * size
     per_image: dict[str, list[float]] = {}
     maps: dict[int, np.ndarray] = {}
-    for start in range(0, len(rows), batch_size):
-        idx = rows[start : start + batch_size]
+    for batch in track_batches(len(rows), batch_size, "cam: test maps", "images"):
+        idx = rows[batch]
         x = normalize(np.ascontiguousarray(test.images[idx]), model.mean, model.std)
         probs, batch_maps = compute_maps(model.net, model.arch, x, method, shift)
         _check_probs(probs, test, idx)

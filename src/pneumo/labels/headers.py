@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pneumo.image_io.header import ImageMeta, read_meta
+from pneumo.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,14 @@ def read_headers(
         with warnings.catch_warnings(), ThreadPoolExecutor(max(1, workers)) as pool:
             warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
             warnings.filterwarnings("ignore", message="Invalid value for VR")
-            results = list(pool.map(lambda p: _read_one(p, reader), paths))
+            results = list(
+                track(
+                    pool.map(lambda p: _read_one(p, reader), paths),
+                    "split: read",
+                    "headers",
+                    total=len(paths),
+                )
+            )
     finally:
         pydicom_log.removeFilter(counter)
     unreadable = {str(p): r for p, (m, r) in zip(paths, results, strict=True) if r is not None}

@@ -1,30 +1,16 @@
-"""The split's counts for metrics/split.json: images, groups, positives, boxes, classes, views."""
+"""The split's counts for data/detail/split.json: images, groups, positives, boxes, classes and
+views per split."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pandas as pd
 
 from pneumo.boxes import parse_boxes
 from pneumo.labels.headers import VIEWS
+from pneumo.rsna import class_key
 from pneumo.split_schema import SPLITS
-
-# Short metric keys: `dvc metrics diff` prints dotted paths, and "No Lung Opacity / Not Normal"
-# would make an unreadable one.
-CLASS_KEYS = {
-    "Normal": "normal",
-    "Lung Opacity": "lung_opacity",
-    "No Lung Opacity / Not Normal": "not_normal",
-}
-
-
-def class_key(name: str) -> str:
-    """A short, stable metrics key for a class ("No Lung Opacity / Not Normal" -> not_normal)."""
-    if name in CLASS_KEYS:
-        return CLASS_KEYS[name]
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unnamed"
 
 
 def summarize(splits: dict[str, pd.DataFrame], flags: dict[str, int]) -> dict[str, Any]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import re
 import shutil
 import stat
-import sys
 import zipfile
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
+from pneumo.progress import track
 from pneumo.rsna import (
     CLASS_INFO_CSV,
     LABELS_CSV,
@@ -105,7 +103,7 @@ def extract_rsna_zip(
             else:
                 kept["skipped"] += 1
         _check_sizes(zip_path, [info for info, _ in todo], dest, max_ratio, max_bytes)
-        for info, rel in tqdm(todo, desc="extract", unit="file", disable=not sys.stderr.isatty()):
+        for info, rel in track(todo, "download: extract", "files"):
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(target, "wb") as out:

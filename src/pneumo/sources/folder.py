@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from pneumo.atomic import atomic_dir
+from pneumo.progress import track
 from pneumo.rsna import (
     CLASS_INFO_COLUMNS,
     CLASS_INFO_CSV,
@@ -107,7 +108,9 @@ def _collect(root: Path, class_dirs: dict[str, list[Path]]) -> tuple[list[dict],
     skipped: Counter[str] = Counter()
     seen: dict[str, dict] = {}
     for cls, folders in class_dirs.items():
-        for path, suffix in (x for f in folders for x in _image_files(f, skipped, root)):
+        found = (x for f in folders for x in _image_files(f, skipped, root))
+        # hashing reads every file: as long as the copy, and the total is not known yet
+        for path, suffix in track(found, f"download: hash {cls}", "images"):
             first = seen.setdefault(_sha1(path), {"path": path, "class": cls, "suffix": suffix})
             if first["path"] == path:
                 items.append(first)
@@ -178,7 +181,7 @@ def import_folder(raw_dir: Path, path: str | Path | None, classes: Mapping[str, 
             wl, wc = csv.writer(fl, lineterminator="\n"), csv.writer(fc, lineterminator="\n")
             wl.writerow([*LABEL_COLUMNS, "groupId"])
             wc.writerow(CLASS_INFO_COLUMNS)
-            for item in items:
+            for item in track(items, "download: copy", "images"):
                 shutil.copyfile(item["path"], images / f"{item['id']}{item['suffix']}")
                 wl.writerow([item["id"], "", "", "", "", classes[item["class"]], item["group"]])
                 wc.writerow([item["id"], item["class"]])
