@@ -6,7 +6,7 @@ of dvc.yaml. A headline keeps the detail's key paths (``test.auroc``, ``test.op.
 figure has one name in both files, in every commit before and after the split into two files.
 
 At most ``MAX_KEYS`` keys in all: with the default two thresholds, 14 (evaluate) + 5 (cam) +
-3 (train) + 3 (export; 7 with an int8 model) = 25 (29). The README's "Results" says why these.
+3 (train) + 3 (export; 6 with an int8 model) = 25 (28). The README's "Results" says why these.
 """
 
 from __future__ import annotations
