@@ -36,6 +36,7 @@ from pneumo.model import build_network, normalize  # noqa: E402
 from pneumo.params import kwargs_for, load_section  # noqa: E402
 from pneumo.training.losses import pos_weight_from_targets  # noqa: E402
 from pneumo.training.module import PneumoniaClassifier  # noqa: E402
+from timing_trainer import timing_trainer  # noqa: E402
 
 WARMUP = 3
 PARAMS = ROOT / "params.yaml"
@@ -69,18 +70,12 @@ def lightning_rate(data: Path, batch: int, steps: int, workers: int, seed: int) 
         **kwargs_for(PneumoniaClassifier, p, pos_weight=pos_weight, last_stride=2)
     )
     clock = StepClock()
-    trainer = L.Trainer(
+    trainer = timing_trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=1,
         limit_train_batches=WARMUP + steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         deterministic=True,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[clock],
     )
     with warnings.catch_warnings():

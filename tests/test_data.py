@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from fixtures import write_blob_dataset
 from pneumo.data.augment import augment_batch, random_affine
-from pneumo.data.datamodule import XrayDataModule
+from pneumo.data.datamodule import XrayDataModule, batch_loader, loader_workers
 from pneumo.data.dataset import DataError, MemmapImages, read_stats, read_targets
 from pneumo.data.sampler import EpochSampler, balanced_weights
 from pneumo.model import normalize
@@ -220,3 +220,50 @@ def test_datamodule_loaders(processed):
     )
     assert len(dm.test_dataloader().dataset) == 7
     assert list(dm.train_targets()) == list(read_targets(processed, "train"))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_loader_reads_the_batches_a_per_sample_loader_collates(processed, workers):
+    # the train stage's numerics rest on this: the same bytes, dtypes and order per batch
+    ds = MemmapImages(processed / "train.npy", read_targets(processed, "train"))
+    sampler = EpochSampler(len(ds), seed=5, rank=1, world=2, shuffle=True)
+    sampler.set_epoch(3)
+    per_sample = list(DataLoader(ds, batch_size=6, sampler=sampler, drop_last=True))
+    loader = batch_loader(
+        ds, sampler, batch_size=6, drop_last=True, num_workers=workers, pin_memory=False
+    )
+    batched = list(loader)
+    assert len(batched) == len(per_sample) == len(loader) == 3  # 20 of 40 on rank 1, 2 left
+    for (xa, ya), (xb, yb) in zip(per_sample, batched, strict=True):
+        assert xa.dtype == xb.dtype == torch.uint8 and ya.dtype == yb.dtype == torch.float32
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    # the epoch reaches the sampler the way Lightning sets it
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    _set_sampler_epoch(loader, 4)
+    assert sampler.epoch == 4
+    assert not torch.equal(next(iter(loader))[0], batched[0][0])
+
+
+def test_batch_read_keeps_the_order_asked_for(processed):
+    ds = MemmapImages(processed / "val.npy", read_targets(processed, "val"))
+    images, targets = ds.batch([7, 2, 7, 0])
+    whole = np.load(processed / "val.npy")
+    assert np.array_equal(images.numpy(), whole[[7, 2, 7, 0]])
+    assert targets.tolist() == ds.targets[[7, 2, 7, 0]].tolist()
+
+
+def test_loader_workers_and_pinned_memory_follow_the_device(processed):
+    assert loader_workers(3, "cpu", 8, 1) == loader_workers(3, "cuda", 8, 1) == 3
+    assert loader_workers("auto", "cpu", 64, 1) == loader_workers("auto", "mps", 8, 1) == 0
+    assert loader_workers("auto", "cuda", 64, 1) == 4  # capped
+    assert loader_workers("auto", "cuda", 16, 8) == 1  # 2 cores per GPU process, one for it
+    assert loader_workers("auto", "cuda", 2, 4) == 1  # never none on a GPU
+    dm = XrayDataModule(processed, batch_size=8, augment={}, **(DATA | {"num_workers": "auto"}))
+    assert dm.loader_options() == {"num_workers": 0, "pin_memory": False}  # no trainer: CPU
+    on = {"cpu": torch.device("cpu"), "cuda": torch.device("cuda", 0)}
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=on["cpu"]), num_devices=1)
+    assert dm.loader_options() == {"num_workers": 0, "pin_memory": False}
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=on["cuda"]), num_devices=1)
+    options = dm.loader_options()
+    assert options["pin_memory"] and options["num_workers"] >= 1

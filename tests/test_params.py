@@ -207,6 +207,7 @@ def test_a_section_passes_whole_into_the_calls_it_configures() -> None:
     assert set(kwargs_for(L.Trainer, train)) == {
         "accelerator",
         "devices",
+        "num_nodes",
         "strategy",
         "precision",
         "max_epochs",

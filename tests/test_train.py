@@ -206,3 +206,51 @@ def test_ddp_on_two_cpu_processes_validates_on_the_whole_val_set(tmp_path):
     # missing validation sample would change it and the comparison below would show it
     assert 0 < metrics["best_val_auroc"] < 1
     assert _val_auroc_of_export(project) == pytest.approx(metrics["best_val_auroc"], abs=1e-6)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_under_torchrun_validate_once_and_only_node_0_writes(tmp_path):
+    # Two "machines" on localhost: torchrun once per node (static rendezvous on 127.0.0.1, gloo),
+    # each in its own copy of the project, as each node would have its own disk
+    train = dict(batch_size=8, num_nodes=2, devices=1, strategy="ddp", max_epochs=1)
+    nodes = [_project(tmp_path / f"node{r}", {"train": 48, "val": 33}, **train) for r in (0, 1)]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [str(torchrun), "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}"]
+            + ["--master-addr=127.0.0.1", f"--master-port={port}", str(SCRIPT)],
+            cwd=node,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank, node in enumerate(nodes)
+    ]
+    try:
+        logs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log
+    assert "Starting with 2 processes" in logs[0]
+    # what it runs on, said once, by global rank 0
+    said = [line for log in logs for line in log.splitlines() if line.startswith("training on")]
+    assert said == [line for line in logs[0].splitlines() if line.startswith("training on")]
+    assert len(said) == 1 and "1 device(s) x 2 node(s)" in said[0] and "DDPStrategy" in said[0]
+    metrics = json.loads((nodes[0] / "metrics" / "train.json").read_text())
+    assert metrics["val_images"] == 33  # each val image once over both nodes, none repeated
+    assert 0 < metrics["best_val_auroc"] < 1  # so a missing or doubled sample would show
+    assert _val_auroc_of_export(nodes[0]) == pytest.approx(metrics["best_val_auroc"], abs=1e-6)
+    # node 1 trained but wrote nothing: no model, checkpoint, metrics or curves
+    written = [p for p in nodes[1].rglob("*") if p.is_file() and "processed" not in p.parts]
+    assert [p.name for p in written] == ["params.yaml"]

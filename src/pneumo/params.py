@@ -130,12 +130,16 @@ class TrainParams(_Section):
     plateau_patience: PosInt  # scheduler: plateau; epochs without a better val AUROC
     augment: AugmentParams
     accelerator: Annotated[str, Field(min_length=1)]
-    devices: PosInt | Annotated[str, Field(min_length=1)]
+    devices: PosInt | Annotated[str, Field(min_length=1)]  # per node
+    num_nodes: PosInt  # machines; launched by torchrun or srun (README: Scaling out)
     strategy: Annotated[str, Field(min_length=1)]
     precision: Precision
-    num_workers: NonNegInt
+    channels_last: bool  # the network's tensors in NHWC: faster convolutions on a GPU
+    num_workers: Literal["auto"] | NonNegInt  # auto: 0 off CUDA, a few per GPU process
     threads: NonNegInt  # torch CPU threads; 0 = torch's default (all cores)
-    deterministic: bool
+    # warn: Lightning's "deterministic where torch can be"; CUDA has no deterministic backward
+    # of the global average pool, which True turns into an error
+    deterministic: bool | Literal["warn"]
     seed: NonNegInt
     # small profiles: an int is a number of batches per epoch, a float a fraction of them
     limit_train_batches: PosInt | Annotated[float, Field(gt=0.0, le=1.0)]

@@ -3,18 +3,66 @@ on whole batches after the transfer to the device."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from pneumo.data.augment import augment_batch
-from pneumo.data.dataset import MemmapImages, read_stats, read_targets
+from pneumo.data.dataset import MemmapBatches, MemmapImages, read_stats, read_targets
 from pneumo.data.sampler import EpochSampler, balanced_weights
+
+# loader processes per GPU process with num_workers: auto; a batch is one memmap gather (about
+# 13 MB at 224 px, batch 256), so a few workers keep it off the step's critical path
+MAX_AUTO_WORKERS = 4
+
+
+def loader_workers(
+    num_workers: int | Literal["auto"], device_type: str, cpus: int, local_processes: int
+) -> int:
+    """Loader processes for one training process: ``num_workers`` as given, or for ``auto``
+    none off CUDA (the step is CPU-bound and workers would only take its cores) and on CUDA
+    the cores left per GPU process, at most ``MAX_AUTO_WORKERS``, at least one."""
+    if num_workers != "auto":
+        return int(num_workers)
+    if device_type != "cuda":
+        return 0
+    return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, local_processes) - 1))
+
+
+def _stacked(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``collate_fn`` for ``MemmapBatches``, whose batches come out stacked."""
+    return batch
+
+
+def batch_loader(
+    dataset: MemmapImages,
+    sampler: Sampler[int],
+    *,
+    batch_size: int,
+    drop_last: bool,
+    num_workers: int,
+    pin_memory: bool,
+) -> DataLoader:
+    """A DataLoader that reads each batch of ``sampler``'s indices with one memmap gather.
+
+    The same batches as ``DataLoader(dataset, batch_size, sampler=sampler)``, without B
+    ``__getitem__`` copies and a collation per batch. Lightning still finds the sampler (as
+    ``batch_sampler.sampler``) to call its ``set_epoch``.
+    """
+    return DataLoader(
+        MemmapBatches(dataset),
+        batch_sampler=BatchSampler(sampler, batch_size, drop_last),
+        collate_fn=_stacked,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )
 
 
 class XrayDataModule(L.LightningDataModule):
@@ -30,7 +78,7 @@ class XrayDataModule(L.LightningDataModule):
         data_dir: str | Path,
         *,
         batch_size: int,
-        num_workers: int,
+        num_workers: int | Literal["auto"],
         balanced_sampling: bool,
         seed: int,
         augment: Mapping[str, Any],
@@ -74,6 +122,19 @@ class XrayDataModule(L.LightningDataModule):
         state = np.random.SeedSequence(self.seed, spawn_key=(rank,)).generate_state(1)[0]
         self._generator = torch.Generator().manual_seed(int(state))
 
+    def _device_type(self) -> str:
+        strategy = getattr(self.trainer, "strategy", None)
+        return strategy.root_device.type if strategy is not None else "cpu"
+
+    def loader_options(self) -> dict[str, Any]:
+        """``num_workers`` resolved for the trainer's device, and ``pin_memory``: only when the
+        batches go to a CUDA device (page-locked memory lets the copy overlap the step; on a
+        CPU run it would only cost the pinning)."""
+        device = self._device_type()
+        local = int(getattr(self.trainer, "num_devices", 1) or 1)
+        workers = loader_workers(self.num_workers, device, os.cpu_count() or 1, local)
+        return {"num_workers": workers, "pin_memory": device == "cuda"}
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.dataset(split)
         rank, world = self._rank_world()
@@ -81,15 +142,13 @@ class XrayDataModule(L.LightningDataModule):
         sampler = EpochSampler(
             len(ds), seed=self.seed, rank=rank, world=world, shuffle=train, weights=weights
         )
-        return DataLoader(
+        return batch_loader(
             ds,
+            sampler,
             batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
             # a last batch of 1-2 images gives a noisy step and can break BatchNorm
             drop_last=train and len(sampler) > self.batch_size,
+            **self.loader_options(),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from pneumo.params import TrainParams, kwargs_for
@@ -70,6 +71,29 @@ class History(Callback):
         self.fit_seconds = time.perf_counter() - self._fit_start
 
 
+def runs_on(trainer: L.Trainer, loader: dict[str, Any]) -> str:
+    """One line saying what a fit runs on: accelerator (and GPU), devices, nodes, precision,
+    strategy and the loader's workers and pinned memory."""
+    device = trainer.strategy.root_device
+    name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    pinned = "pinned" if loader["pin_memory"] else "unpinned"
+    return (
+        f"training on {device.type}{name}: {trainer.num_devices} device(s) x "
+        f"{trainer.num_nodes} node(s), precision {trainer.precision}, "
+        f"strategy {type(trainer.strategy).__name__}, "
+        f"{loader['num_workers']} loader worker(s), {pinned} memory"
+    )
+
+
+class RunsOn(Callback):
+    """Prints :func:`runs_on` once, from global rank 0, when the fit starts (the ranks are
+    known only then)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            print(runs_on(trainer, trainer.datamodule.loader_options()), flush=True)
+
+
 @dataclass
 class FitResult:
     """What a fit leaves for the stage script; ``is_global_zero`` says whether to write it."""
@@ -119,6 +143,7 @@ def fit(
             checkpoint,
             EarlyStopping(monitor="val/auroc", mode="max", patience=p.early_stopping_patience),
             history,
+            RunsOn(),
         ],
         logger=logger,
         plugins=[AtomicCheckpointIO()],
@@ -131,6 +156,10 @@ def fit(
     with warnings.catch_warnings():
         # measured (bench/train.py): memmap reads cost well under 1 % of a step, workers unneeded
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        if p.channels_last:
+            # NHWC weights: with a 1-channel input (NCHW and NHWC are the same bytes) every
+            # convolution then runs in the layout tensor cores prefer
+            module.to(memory_format=torch.channels_last)
         if p.compile:
             # only the network: compiling the whole module would trace self.log and recompile
             # per metric name; Module.compile keeps the state_dict keys unchanged
