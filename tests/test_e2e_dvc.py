@@ -184,6 +184,16 @@ def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_pa
     assert rec["model"]["runtime"] == "onnxruntime"
     text = run(repo, sys.executable, "src/predict.py", str(tmp_path / "noise.png")).stdout
     assert "OUT OF DISTRIBUTION" in text and "unreliable" in text
+    # the service says the same, and /health gives the threshold
+    from fastapi.testclient import TestClient
+
+    import serve
+
+    with TestClient(serve.create_app(repo / "data/export/model.onnx")) as client:
+        upload = {"file": ("noise.png", (tmp_path / "noise.png").read_bytes())}
+        answer = client.post("/predict", files=upload).json()
+        assert answer["out_of_distribution"] is True and answer["ood_score"] == rec["ood_score"]
+        assert client.get("/health").json()["ood_threshold"] == onnx_model.ood.threshold
     params = load_section("export", repo / "params.yaml")
     inputs = [repo / "data/model/model.pt", repo / "data/processed", repo / "data/predictions"]
     # export.int8: an int8 file beside the float one, with its own figures and statistics
