@@ -88,7 +88,7 @@ function showOod(rec) {
   score.dataset.ood = String(rec.out_of_distribution);
   score.textContent =
     rec.ood_score === null
-      ? "not available (this runtime has no statistics)"
+      ? "not available (no statistics with this model: the torch runtime, or an older export)"
       : `${rec.ood_score.toFixed(1)} (out of distribution above ${
           oodThreshold === null ? "?" : oodThreshold.toFixed(1)
         })`;
