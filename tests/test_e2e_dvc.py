@@ -153,7 +153,7 @@ def test_the_model_is_a_registry_artifact(repo: Path, tmp_path: Path) -> None:
 def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_path: Path) -> None:
     """The export stage's file, on onnxruntime, against model.pt on torch over the whole test
     split: probabilities within 1e-5, heat maps alike; and the stage refuses a looser export."""
-    from pneumo.exporting import ExportError, run
+    from pneumo import exporting
     from pneumo.params import load_section
     from pneumo.runtime.onnx_model import load_onnx
     from pneumo.runtime.torch_model import load_torch
@@ -197,15 +197,17 @@ def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_pa
     params = load_section("export", repo / "params.yaml")
     inputs = [repo / "data/model/model.pt", repo / "data/processed", repo / "data/predictions"]
     # export.int8: an int8 file beside the float one, with its own figures and statistics
-    metrics = run(*inputs, tmp_path / "int8", params.model_copy(update={"int8": "static"}))
+    metrics = exporting.run(
+        *inputs, tmp_path / "int8", params.model_copy(update={"int8": "static"})
+    )
     int8 = load_onnx(tmp_path / "int8" / "model.int8.onnx")
     assert int8.quantization == "static" and int8.ood is not None
     assert metrics["int8"]["mode"] == "static" and 0.5 < metrics["int8"]["test_auroc"] <= 1
     assert metrics["onnx"] == reported
     # a bar below float32 rounding: the stage fails and writes nothing
     out = tmp_path / "export"
-    with pytest.raises(ExportError, match="more than export.max_prob_diff"):
-        run(*inputs, out, params.model_copy(update={"max_prob_diff": 1e-12}))
+    with pytest.raises(exporting.ExportError, match="more than export.max_prob_diff"):
+        exporting.run(*inputs, out, params.model_copy(update={"max_prob_diff": 1e-12}))
     assert not out.exists()
 
 
