@@ -247,7 +247,7 @@ def test_two_nodes_under_torchrun_validate_once_and_only_node_0_writes(tmp_path)
     said = [line for log in logs for line in log.splitlines() if line.startswith("training on")]
     assert said == [line for line in logs[0].splitlines() if line.startswith("training on")]
     assert len(said) == 1 and "1 device(s) x 2 node(s)" in said[0] and "DDPStrategy" in said[0]
-    metrics = json.loads((nodes[0] / "metrics" / "train.json").read_text())
+    metrics = json.loads((nodes[0] / "data" / "detail" / "train.json").read_text())
     assert metrics["val_images"] == 33  # each val image once over both nodes, none repeated
     assert 0 < metrics["best_val_auroc"] < 1  # so a missing or doubled sample would show
     assert _val_auroc_of_export(nodes[0]) == pytest.approx(metrics["best_val_auroc"], abs=1e-6)
