@@ -29,6 +29,7 @@ from pneumo.onnx_export import export_onnx, save_onnx, set_metadata
 from pneumo.ood import OodStats, fit, pool
 from pneumo.ood_sets import KINDS, generated
 from pneumo.quantization import calibration_rows, quantize
+from pneumo.runtime import sigmoid
 from pneumo.runtime.onnx_model import OnnxModel, load_onnx, ood_metadata
 from pneumo.scores import threshold_free
 
@@ -58,7 +59,7 @@ def pooled_features(model: OnnxModel, images: np.ndarray) -> tuple[np.ndarray, n
     probs, pooled = [], []
     for start in range(0, len(images), BATCH):
         logits, features = model.run(np.ascontiguousarray(images[start : start + BATCH]))
-        probs.append(np.exp(-np.logaddexp(0.0, -logits.astype(np.float64))))
+        probs.append(sigmoid(logits))
         pooled.append(pool(features))
     return np.concatenate(probs), np.concatenate(pooled)
 
