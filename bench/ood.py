@@ -24,7 +24,6 @@ from sklearn.metrics import roc_auc_score
 from pneumo.image_io.errors import ImageReadError
 from pneumo.imaging import load_square
 from pneumo.layout import ONNX_MODEL, PROCESSED
-from pneumo.ood import pool
 from pneumo.runtime.onnx_model import load_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +33,7 @@ SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def scores(model, images: np.ndarray) -> np.ndarray:
-    out = [
-        model.ood.score(pool(model.run(np.ascontiguousarray(images[i : i + 64]))[1]))
-        for i in range(0, len(images), 64)
-    ]
-    return np.concatenate(out)
+    return model.ood.score(model.scan(images, 64)[1])
 
 
 def load_all(model, paths: list[Path]) -> tuple[np.ndarray, int]:

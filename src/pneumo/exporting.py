@@ -26,11 +26,10 @@ from pneumo.atomic import atomic_dir
 from pneumo.layout import INT8_MODEL, ONNX_MODEL
 from pneumo.model import load_exported
 from pneumo.onnx_export import export_onnx, save_onnx, set_metadata
-from pneumo.ood import OodStats, fit, pool
+from pneumo.ood import OodStats, fit
 from pneumo.ood_sets import KINDS, generated
 from pneumo.quantization import calibration_rows, quantize
-from pneumo.runtime import sigmoid
-from pneumo.runtime.onnx_model import OnnxModel, load_onnx, ood_metadata
+from pneumo.runtime.onnx_model import load_onnx, ood_metadata
 from pneumo.scores import threshold_free
 
 ONNX_NAME, INT8_NAME = ONNX_MODEL.name, INT8_MODEL.name
@@ -54,24 +53,14 @@ def reference(processed: Path, predictions: Path) -> tuple[np.ndarray, np.ndarra
     return images, preds["target"].to_numpy(), preds["prob"].to_numpy(dtype=np.float64)
 
 
-def pooled_features(model: OnnxModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (N,), pooled last features (N, C)) of uint8 images, in batches."""
-    probs, pooled = [], []
-    for start in range(0, len(images), BATCH):
-        logits, features = model.run(np.ascontiguousarray(images[start : start + BATCH]))
-        probs.append(sigmoid(logits))
-        pooled.append(pool(features))
-    return np.concatenate(probs), np.concatenate(pooled)
-
-
 def add_ood(path: Path, processed: Path, quantile: float) -> OodStats:
     """Fit the file's out-of-distribution statistics on the train and val splits; store them."""
     import onnx
 
     model = load_onnx(path)
     train_targets = pd.read_csv(processed / "train.csv")["target"].to_numpy()
-    _, train = pooled_features(model, np.load(processed / "train.npy", mmap_mode="r"))
-    _, val = pooled_features(model, np.load(processed / "val.npy", mmap_mode="r"))
+    _, train = model.scan(np.load(processed / "train.npy", mmap_mode="r"), BATCH)
+    _, val = model.scan(np.load(processed / "val.npy", mmap_mode="r"), BATCH)
     stats = fit(train, train_targets, val, quantile)
     proto = onnx.load(str(path))
     set_metadata(proto, ood_metadata(stats))
@@ -85,12 +74,12 @@ def compare(
     """An ONNX file's test probabilities against torch's (largest |delta|, AUROC), and its
     out-of-distribution score on the test split and on generated non-chest images."""
     model = load_onnx(path)
-    prob, pooled = pooled_features(model, images)
+    prob, pooled = model.scan(images, BATCH)
     test_scores = model.ood.score(pooled)
     size = model.image_size
     other = np.concatenate(
         [
-            model.ood.score(pooled_features(model, generated(k, params.ood_images, size, i))[1])
+            model.ood.score(model.scan(generated(k, params.ood_images, size, i), BATCH)[1])
             for i, k in enumerate(KINDS)
         ]
     )

@@ -122,13 +122,15 @@ class OnnxModel:
         out = self.predict_all(images, cam_method)
         return out.probs, out.maps
 
-    def predict_proba(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        """Probabilities (N,) float64 of uint8 images (N, S, S), in batches (memmaps welcome)."""
-        out = np.empty(len(images), dtype=np.float64)
+    def scan(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (N,) float64, pooled last features (N, C)) of uint8 images (N, S, S),
+        in batches (memmaps welcome): what the export stage checks and fits its statistics on."""
+        probs, pooled = [], []
         for start in range(0, len(images), batch_size):
-            batch = np.ascontiguousarray(images[start : start + batch_size])
-            out[start : start + len(batch)] = self.predict(batch, None)[0]
-        return out
+            logits, features = self.run(np.ascontiguousarray(images[start : start + batch_size]))
+            probs.append(sigmoid(logits))
+            pooled.append(pool(features))
+        return np.concatenate(probs), np.concatenate(pooled)
 
 
 def load_onnx(path: str | Path, threads: int = 0) -> OnnxModel:
