@@ -10,7 +10,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pneumo.atomic import write_json
-from pneumo.cam.analysis import analyse, tune_map_thresholds
+from pneumo.cam.analysis import analyse, tune_on_val
 from pneumo.cam.gallery import write_gallery
 from pneumo.cam.inputs import read_predicted_split
 from pneumo.headline import cam_headline
@@ -26,29 +26,31 @@ def main() -> None:
     params = load_or_exit("cam")
     model = load_exported(MODEL)
     val = read_predicted_split(PROCESSED, PREDICTIONS / "val.csv", "val")
-    shift = round(params.shift * model.image_size)  # a fraction of the side -> pixels
-    tuned = tune_map_thresholds(
+    tuning = tune_on_val(
         model,
         val,
         params.thresholds,
-        method=params.method,
+        params.gates,
+        stitch=params.stitch,
         batch_size=params.batch_size,
-        shift=shift,
     )
-    for prefix, t in tuned.items():
-        print(f"{prefix} map threshold {t['threshold']} (val IoU {t['val_iou']:.4f})")
+    for kind, t in tuning.table.items():
+        print(
+            f"{kind}: map threshold {t['threshold']} (val IoU {t['val_iou']:.4f}), "
+            f"gate {t['gate']} (val gated mIoU {t['val_miou_gated']:.4f})"
+        )
     test = read_predicted_split(PROCESSED, PREDICTIONS / "test.csv", "test")
     op, note = operating_point_or_fallback(OPERATING_POINT)
     print(note or f"decision threshold {op.threshold:.4f} from {op.source}")
     result = analyse(
         model,
         test,
+        tuning,
         decision_threshold=op.threshold,
         method=params.method,
         k=params.k,
-        map_thresholds={prefix: t["threshold"] for prefix, t in tuned.items()},
         pointing_tolerance=params.pointing_tolerance,
-        shift=shift,
+        stitch=params.stitch,
         batch_size=params.batch_size,
         bootstrap=params.bootstrap,
         seed=params.seed,
@@ -61,6 +63,7 @@ def main() -> None:
         f"{m['method']} on {m['n_images']} positive test images with boxes: "
         f"pointing {m['cam.pointing']} (baseline {m['baseline.pointing']}), "
         f"IoU {m['cam.iou']} (baseline {m['baseline.iou']}), "
+        f"gated mIoU {m['cam.miou_gated']} (baseline {m['baseline.miou_gated']}), "
         f"random-weights correlation {m['sanity.random_corr']}"
     )
 

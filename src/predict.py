@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"evaluate's operating point file (default {DEFAULT_OPERATING_POINT}; 0.5 if absent)",
     )
     p.add_argument("--cam", type=Path, metavar="DIR", help="write a heat-map PNG per image here")
-    p.add_argument("--cam-method", choices=CAM_METHODS, default="cam")
+    p.add_argument("--cam-method", choices=CAM_METHODS, default="gradcam++")  # the cam stage's
     p.add_argument("--json", action="store_true", help="one JSON object per line (JSONL)")
     p.add_argument(
         "--no-gate",

@@ -112,7 +112,7 @@ def create_app(
     max_bytes: int = DEFAULT_MAX_BYTES,
     threshold: float | None = None,
     operating_point: Path | None = None,
-    cam_method: str = "cam",
+    cam_method: str = "gradcam++",
 ) -> FastAPI:
     """The app; the model is loaded once when it starts (raises ``UsageError`` early if absent)."""
     if max_bytes < 1:
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="upload size limit")
     p.add_argument("--threshold", type=float, help="decision threshold (overrides the file)")
     p.add_argument("--operating-point", type=Path, help="default data/operating_point.json")
-    p.add_argument("--cam-method", choices=CAM_METHODS, default="cam")
+    p.add_argument("--cam-method", choices=CAM_METHODS, default="gradcam++")  # the cam stage's
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:

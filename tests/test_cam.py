@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from conftest import run_stage
-from pneumo.cam.analysis import analyse, tune_map_thresholds
+from pneumo.cam.analysis import Tuning, analyse, gated_ious, tune_on_val
 from pneumo.cam.gallery import GROUPS, Tile, caption, render_gallery, select_cases
 from pneumo.cam.inputs import CamInputs, read_predicted_split
 from pneumo.cam.localization import (
@@ -33,6 +33,8 @@ from pneumo.cam.maps import (
     class_activation_maps,
     compute_maps,
     normalize_maps,
+    stitch_offsets,
+    stitched_maps,
 )
 from pneumo.cam.overlay import overlay
 from pneumo.model import (
@@ -373,7 +375,8 @@ def _fake_pipeline(root: Path, n: int = 12, size: int = 64) -> tuple[nn.Module, 
     (root / "data/operating_point.json").write_text(json.dumps(op))
     (root / "params.yaml").write_text(
         "cam:\n  method: gradcam\n  k: 3\n  alpha: 0.4\n  thresholds: [0.3, 0.5, 0.7]\n"
-        "  pointing_tolerance: 0.05\n  shift: 0.05\n  bootstrap: 200\n  seed: 0\n  batch_size: 4\n"
+        "  pointing_tolerance: 0.05\n  stitch: 2\n  gates: [0.0, 0.5]\n  bootstrap: 200\n"
+        "  seed: 0\n  batch_size: 4\n"
     )
     return net, probs
 
@@ -386,18 +389,20 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
     net, probs = _fake_pipeline(tmp_path)
     model = Exported(net, "resnet18", 64, "pad", 0.5, 0.25, "test", last_stride=2, provenance=None)
     test = _inputs(tmp_path)
+    kinds = ("cam", "gradcam", "gradcam++", "baseline")
+    tuning = Tuning({k: 0.5 for k in kinds}, {k: 0.0 for k in kinds}, {})
+    tuning.table.update({k: {"threshold": 0.5, "val_iou": 0.0} for k in kinds})
     kwargs = dict(
         decision_threshold=0.5,
         method="cam",
         k=2,
-        map_thresholds={"cam": 0.5, "baseline": 0.5},
         pointing_tolerance=0.05,
         batch_size=5,
         bootstrap=100,
-        shift=0,
+        stitch=1,
     )
-    a = analyse(model, test, seed=0, **kwargs)
-    b = analyse(model, test, seed=0, **kwargs)
+    a = analyse(model, test, tuning, seed=0, **kwargs)
+    b = analyse(model, test, tuning, seed=0, **kwargs)
     assert a.metrics == b.metrics
     assert a.metrics["n_images"] == 5  # 6 positives, one without boxes
     assert set(a.maps) == {int(i) for g in a.groups.values() for i in g}
@@ -408,29 +413,66 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
             np.testing.assert_allclose(a.maps[int(i)], single, atol=1e-5)
     # the model's maps against themselves would correlate perfectly; random weights do not
     assert -1 <= a.metrics["sanity.random_corr"] < 0.99
+    # the method table scores every method from the same passes; cam.* is the configured one
+    assert set(a.metrics["methods"]) == {"cam", "gradcam", "gradcam++"}
+    for key in ("pointing", "iou", "dice", "mass"):
+        assert a.metrics["methods"]["cam"][key] == pytest.approx(a.metrics[f"cam.{key}"], abs=1e-6)
+    assert a.metrics["methods"]["gradcam"] != a.metrics["methods"]["cam"]
+    # gate 0: every mask is on, so the 5 scored rows keep their IoU and all the others score 0
+    n = len(test.probs)
+    assert a.metrics["n_gated_images"] == n > 5
+    assert a.metrics["cam.miou_gated"] == pytest.approx(a.metrics["cam.iou"] * 5 / n, abs=1e-5)
 
     stale = CamInputs(test.images, test.patient_ids, test.targets, test.boxes, probs[::-1])
     with pytest.raises(ValueError, match="stale"):
-        analyse(model, stale, seed=0, **kwargs)
+        analyse(model, stale, tuning, seed=0, **kwargs)
 
 
-def test_shift_averaged_maps_are_the_mean_of_the_moved_maps():
+def test_stitched_maps_interleave_the_moved_grids_into_a_finer_one():
     torch.manual_seed(3)
     net = build_network("resnet18", last_stride=1, pretrained=False, weights_path=None).eval()
-    x = torch.randn(2, 1, 64, 64)
+    x = torch.randn(2, 1, 64, 64)  # stride 16: a 4 x 4 grid
     probs0, maps0 = compute_maps(net, "resnet18", x, "cam")
-    probs, maps = compute_maps(net, "resnet18", x, "cam", shift=4)
-    np.testing.assert_array_equal(probs, probs0)  # the unshifted image's probability
-    total = torch.zeros(2, 64, 64)
-    for dy in (-4, 0, 4):
-        for dx in (-4, 0, 4):
-            moved = torch.roll(x, (dy, dx), dims=(2, 3))
-            one = torch.from_numpy(compute_maps(net, "resnet18", moved, "cam")[1])
-            total += torch.roll(one, (-dy, -dx), dims=(1, 2))
-    expected = normalize_maps(total).numpy()
-    np.testing.assert_allclose(maps, expected, atol=1e-5)
-    assert maps.min() == 0.0 and maps.max() == pytest.approx(1.0)
-    assert not np.allclose(maps, maps0, atol=1e-3)  # the average is not the single map
+    probs, maps = compute_maps(net, "resnet18", x, "cam", stitch=4)
+    np.testing.assert_array_equal(probs, probs0)  # the unmoved image's probability
+    assert stitch_offsets(64, 4, 4) == (6, 2, -2, -6)
+    features, linear = split_network(net, "resnet18")
+    grid = torch.zeros(2, 16, 16)
+    # cell i of the image rolled by d sits at pixel 16 i + 7.5 - d: d = 6, 2, -2, -6 put the
+    # four grids' cells at 4 q + 1.5, the centres of a 16 x 16 grid's 4 px cells
+    for m, dy in enumerate((6, 2, -2, -6)):
+        for n, dx in enumerate((6, 2, -2, -6)):
+            with torch.no_grad():
+                acts = features(torch.roll(x, (dy, dx), dims=(2, 3)))
+            grid[:, m::4, n::4] = class_activation_maps(acts, linear.weight[0]).detach()
+    expected = F.interpolate(normalize_maps(grid)[:, None], size=(64, 64), mode="bilinear")
+    np.testing.assert_allclose(maps, expected[:, 0].clamp(0, 1).numpy(), atol=1e-5)
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    assert not np.allclose(maps, maps0, atol=1e-3)  # the finer map is not the coarse one
+    # every method comes from the same passes: each equals its own single-method call
+    _, both = stitched_maps(net, "resnet18", x, ("cam", "gradcam++"), stitch=2)
+    np.testing.assert_allclose(both["cam"], compute_maps(net, "resnet18", x, "cam", 2)[1])
+    np.testing.assert_allclose(
+        both["gradcam++"], compute_maps(net, "resnet18", x, "gradcam++", 2)[1]
+    )
+
+
+def test_stitch_offsets_refuse_what_does_not_divide_the_stride():
+    assert stitch_offsets(96, 6, 1) == (0,)
+    assert stitch_offsets(96, 6, 2) == (4, -4)
+    assert stitch_offsets(64, 2, 4) == (12, 4, -4, -12)  # stride 32
+    with pytest.raises(ValueError, match="cam.stitch 3"):
+        stitch_offsets(96, 6, 3)
+    with pytest.raises(ValueError, match="no whole stride"):
+        stitch_offsets(100, 7, 2)
+
+
+def test_gated_ious_follow_the_protocol():
+    probs = np.array([0.9, 0.2, 0.8, 0.1])  # rows 0 and 1 have boxes; 2 and 3 none
+    out = gated_ious(probs, [0, 1], np.array([0.6, 0.4]), [0.0, 0.5, 0.95])
+    np.testing.assert_allclose(out[0], [0.6, 0.4, 0.0, 0.0])  # every mask on
+    np.testing.assert_allclose(out[1], [0.6, 0.0, 0.0, 1.0])  # row 1 gated off, row 3 agrees
+    np.testing.assert_allclose(out[2], [0.0, 0.0, 1.0, 1.0])  # every mask off
 
 
 def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):
@@ -439,23 +481,39 @@ def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):
     val = read_predicted_split(
         tmp_path / "data/processed", tmp_path / "data/predictions/val.csv", "val"
     )
-    candidates = [0.2, 0.4, 0.6, 0.8]
-    tuned = tune_map_thresholds(model, val, candidates, method="cam", batch_size=3, shift=0)
+    candidates, gates = [0.2, 0.4, 0.6, 0.8], [0.0, 0.3, 0.6, 0.9]
+    tuning = tune_on_val(model, val, candidates, gates, stitch=1, batch_size=3)
     rows = [i for i, t in enumerate(val.targets) if t and len(val.boxes[i])]
     x = normalize(np.asarray(val.images[rows]), 0.5, 0.25)
-    maps = compute_maps(net, "resnet18", x, "cam")[1]
     gauss = gaussian_map(64)
-    for prefix, per_row in (("cam", list(maps)), ("baseline", [gauss] * len(rows))):
-        mean_iou = [
-            np.mean([iou_dice(m, val.boxes[i], t)[0] for m, i in zip(per_row, rows, strict=True)])
-            for t in candidates
-        ]
-        assert tuned[prefix]["threshold"] == candidates[int(np.argmax(mean_iou))]
-        assert tuned[prefix]["val_iou"] == pytest.approx(max(mean_iou))
-        assert tuned[prefix]["n_val_images"] == len(rows) == 5
+    for kind in ("cam", "gradcam", "baseline"):
+        per_row = (
+            [gauss] * len(rows) if kind == "baseline" else compute_maps(net, "resnet18", x, kind)[1]
+        )
+        ious = np.array(
+            [
+                [iou_dice(m, val.boxes[i], t)[0] for t in candidates]
+                for m, i in zip(per_row, rows, strict=True)
+            ]
+        )
+        best = int(np.argmax(ious.mean(axis=0)))
+        assert tuning.thresholds[kind] == candidates[best]
+        assert tuning.table[kind]["val_iou"] == pytest.approx(ious.mean(axis=0).max())
+        assert tuning.table[kind]["n_val_images"] == len(rows) == 5
+        # the gate: the best full-split mIoU, written out by the protocol's rule
+        miou = []
+        for g in gates:
+            per = []
+            for i, p in enumerate(val.probs):
+                box = i in rows
+                iou = ious[rows.index(i), best] if box else 0.0
+                per.append((iou if box else 0.0) if p >= g else (0.0 if box else 1.0))
+            miou.append(np.mean(per))
+        assert tuning.gates[kind] == gates[int(np.argmax(miou))]
+        assert tuning.table[kind]["val_miou_gated"] == pytest.approx(max(miou))
     no_boxes = CamInputs(val.images, val.patient_ids, val.targets * 0, val.boxes, val.probs)
     with pytest.raises(ValueError, match="no validation positive"):
-        tune_map_thresholds(model, no_boxes, candidates, method="cam", batch_size=3, shift=0)
+        tune_on_val(model, no_boxes, candidates, gates, stitch=1, batch_size=3)
 
 
 def test_read_inputs_name_the_bad_file_and_row(tmp_path):

@@ -77,11 +77,19 @@ def _cam_detail() -> dict:
         for k in ("pointing", "iou", "dice", "mass")
     }
     per_image["random_corr"] = list(rng.uniform(-1, 1, 12))
+    per_image |= {f"{p}.miou_gated": list(rng.random(40)) for p in ("cam", "baseline")}
+    scores = {k: float(np.mean(per_image[f"cam.{k}"])) for k in ("pointing", "iou", "dice", "mass")}
     return {
         "method": "cam",
-        "map_shift_px": 0,
+        "stitch": 4,
         "map_threshold": 0.6,
         "baseline.map_threshold": 0.5,
+        "gate": 0.7,
+        "baseline.gate": 0.6,
+        "n_gated_images": 40,
+        "methods": {
+            m: {"map_threshold": 0.6, "val_iou": 0.3, **scores} for m in ("cam", "gradcam")
+        },
         "pointing_tolerance_px": 4.3,
         "decision_threshold": 0.7,
         **cam_summary(per_image, 12, bootstrap=50, seed=0),

@@ -124,6 +124,23 @@ def test_training_shards_are_even_seeded_and_change_per_epoch(weighted):
         assert set(sum(shards, [])) == set(range(n))
 
 
+def test_permuted_labels_shuffle_train_only_keeping_the_counts(processed):
+    true = read_targets(processed, "train")
+    dm = XrayDataModule(processed, batch_size=8, augment=NO_AUG, permute_labels=True, **DATA)
+    shuffled = dm.dataset("train").targets
+    assert sorted(shuffled) == sorted(true) and (shuffled != true).any()  # same counts, moved
+    np.testing.assert_array_equal(dm.train_targets(), shuffled)  # pos_weight sees the same
+    np.testing.assert_array_equal(dm.dataset("val").targets, read_targets(processed, "val"))
+    again = XrayDataModule(processed, batch_size=8, augment=NO_AUG, permute_labels=True, **DATA)
+    np.testing.assert_array_equal(again.dataset("train").targets, shuffled)  # seeded
+    other = XrayDataModule(
+        processed, batch_size=8, augment=NO_AUG, permute_labels=True, **(DATA | {"seed": 1})
+    )
+    assert (other.dataset("train").targets != shuffled).any()
+    plain = XrayDataModule(processed, batch_size=8, augment=NO_AUG, **DATA)
+    np.testing.assert_array_equal(plain.dataset("train").targets, true)
+
+
 def test_balanced_sampling_draws_both_classes_equally():
     targets = np.array([0] * 90 + [1] * 10)
     w = balanced_weights(targets)

@@ -221,6 +221,7 @@ def test_a_section_passes_whole_into_the_calls_it_configures() -> None:
         "balanced_sampling",
         "seed",
         "augment",
+        "permute_labels",
     }
     module = kwargs_for(PneumoniaClassifier, train, pos_weight=2.0)
     assert set(module) == set(inspect.signature(PneumoniaClassifier).parameters)  # all given

@@ -238,7 +238,7 @@ class Predictor:
         self,
         model: InferenceModel,
         op: OperatingPoint,
-        cam_method: str = "cam",
+        cam_method: str = "gradcam++",
         alpha: float = CAM_ALPHA,
         max_decoding: int = 2,
     ) -> None:

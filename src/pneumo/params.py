@@ -126,6 +126,8 @@ class TrainParams(_Section):
     pos_weight: Literal["auto"] | Annotated[float, Field(gt=0.0)]
     focal_gamma: Annotated[float, Field(ge=0.0)]
     balanced_sampling: bool
+    # labels shuffled among the train images: the maps' label-randomisation check (README)
+    permute_labels: bool
     early_stopping_patience: NonNegInt
     plateau_patience: PosInt  # scheduler: plateau; epochs without a better val AUROC
     augment: AugmentParams
@@ -177,8 +179,11 @@ class CamParams(_Section):
     # the best mean IoU on the validation positives is used on test (for the baseline likewise)
     thresholds: Annotated[list[Annotated[float, Field(gt=0.0, le=1.0)]], Field(min_length=1)]
     pointing_tolerance: Annotated[float, Field(ge=0.0, lt=1.0)]  # fraction of the side
-    # shift-averaged maps: mean over moves by -shift, 0, +shift of the side down and across
-    shift: Annotated[float, Field(ge=0.0, lt=0.25)]
+    # shift-and-stitch: the feature grid made this many times finer per axis (1 = off)
+    stitch: Annotated[int, Field(ge=1, le=8)]
+    # probability gates (a lower probability gives an empty mask) for the full-split mIoU;
+    # the candidate with the best val mIoU is used on test
+    gates: Annotated[list[Annotated[float, Field(ge=0.0, lt=1.0)]], Field(min_length=1)]
     bootstrap: NonNegInt
     seed: NonNegInt  # bootstrap resamples and the random-weights sanity network
     batch_size: PosInt

@@ -1,8 +1,15 @@
 """The cam stage's one pass: maps of the rows the scores and the gallery need, scored with CIs.
 
-Localization is scored on the positives with at least one box, for the model's maps and for the
-centred-Gaussian baseline alike, each binarised at the threshold tuned for it on validation; the
-sanity check correlates each map with the map of the same architecture with random weights.
+The protocol of CheXlocalize (Saporta et al. 2022) and Arun et al. (2021), on the RSNA boxes:
+- localization is scored on the positives with at least one box, for the model's maps and for
+  the centred-Gaussian baseline alike, each binarised at the threshold tuned for it on the
+  validation positives (the best mean IoU);
+- the full-split mIoU gates the mask by the predicted probability (a probability below the gate
+  gives an empty mask), with the gate tuned on validation too: an empty mask where there is no
+  box counts 1, a region where there is none 0, so false positives cost what they should;
+- every CAM method is scored from the same forward passes (the method table), and the
+  configured one gets the intervals, the gallery and the sanity check, which correlates each
+  map with the map of the same architecture with random weights.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +25,10 @@ from torch import nn
 
 from pneumo.bootstrap import mean_interval
 from pneumo.cam.gallery import select_cases
+from pneumo.cam.head import METHODS
 from pneumo.cam.inputs import CamInputs
 from pneumo.cam.localization import SCORE_KEYS, gaussian_map, iou_dice, pearson, score_map
-from pneumo.cam.maps import compute_maps
+from pneumo.cam.maps import compute_maps, stitched_maps
 from pneumo.model import Exported, build_network, normalize
 from pneumo.progress import track_batches
 
@@ -50,75 +59,130 @@ def _scored_rows(data: CamInputs) -> list[int]:
     ]
 
 
-def tune_map_thresholds(
+def gated_ious(
+    probs: np.ndarray, scored: Sequence[int], ious: np.ndarray, gates: Sequence[float]
+) -> np.ndarray:
+    """(len(gates), N): each image's IoU on the whole split with the mask gated at each gate.
+
+    ``ious`` are the ungated IoUs of the ``scored`` rows (positives with boxes). A row whose
+    probability is below the gate gets an empty mask: IoU 0 against boxes, 1 against none; a
+    row above it keeps its IoU, or 0 where there is no box (a region where there is nothing).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    has_box = np.zeros(len(probs), dtype=bool)
+    has_box[list(scored)] = True
+    iou = np.zeros(len(probs))
+    iou[list(scored)] = ious
+    out = np.empty((len(gates), len(probs)))
+    for g, gate in enumerate(gates):
+        on = probs >= gate
+        out[g] = np.where(has_box, np.where(on, iou, 0.0), np.where(on, 0.0, 1.0))
+    return out
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What validation chose: per map kind (each method, ``baseline``) a threshold and a gate."""
+
+    thresholds: dict[str, float]
+    gates: dict[str, float]
+    table: dict[str, dict[str, Any]]  # per map kind: val IoU by threshold, val mIoU by gate
+
+
+def _tune(
+    candidates: Sequence[float],
+    gates: Sequence[float],
+    data: CamInputs,
+    rows: list[int],
+    ious: np.ndarray,
+) -> dict[str, Any]:
+    """One map kind: the threshold of the best val IoU, then the gate of the best gated mIoU
+    (the lowest candidate on ties), from per-image IoUs (rows x thresholds)."""
+    mean_iou = ious.mean(axis=0)
+    best = int(np.argmax(mean_iou))
+    miou = gated_ious(data.probs, rows, ious[:, best], gates).mean(axis=1)
+    g = int(np.argmax(miou))
+    return {
+        "threshold": float(candidates[best]),
+        "val_iou": float(mean_iou[best]),
+        "val_iou_by_threshold": [round(float(v), 4) for v in mean_iou],
+        "gate": float(gates[g]),
+        "val_miou_gated": float(miou[g]),
+        "val_miou_by_gate": [round(float(v), 4) for v in miou],
+    }
+
+
+def tune_on_val(
     model: Exported,
     val: CamInputs,
     candidates: Sequence[float],
+    gates: Sequence[float],
     *,
-    method: str,
+    stitch: int,
     batch_size: int,
-    shift: int,
-) -> dict[str, dict[str, float | int | list[float]]]:
-    """The binarisation threshold of the maps, chosen on validation (CheXlocalize's protocol).
+) -> Tuning:
+    """The binarisation threshold and the probability gate of every method's maps and of the
+    baseline, chosen on validation (CheXlocalize's protocol).
 
-    For the model's maps and for the centred-Gaussian baseline alike: the candidate fraction of
-    the map's maximum with the highest mean IoU over the validation positives with boxes (the
-    lowest candidate on ties). A fixed fraction favours whichever model happens to spread its
-    maps to suit it; tuning each on held-out data compares the maps, not that accident.
+    The threshold is the candidate fraction of the map's maximum with the highest mean IoU over
+    the validation positives with boxes; the gate then maximises the gated mIoU over the whole
+    validation split. A fixed fraction favours whichever model happens to spread its maps to
+    suit it; tuning each on held-out data compares the maps, not that accident.
     """
     rows = _scored_rows(val)
     if not rows:
         raise ValueError("no validation positive has a box: cannot tune the map threshold")
     baseline = gaussian_map(val.images.shape[1])
-    totals = {"cam": np.zeros(len(candidates)), "baseline": np.zeros(len(candidates))}
+    kinds = (*METHODS, "baseline")
+    ious = {k: np.zeros((len(rows), len(candidates))) for k in kinds}
     for batch in track_batches(len(rows), batch_size, "cam: tune on val", "images"):
         idx = rows[batch]
         x = normalize(np.ascontiguousarray(val.images[idx]), model.mean, model.std)
-        probs, maps = compute_maps(model.net, model.arch, x, method, shift)
+        probs, maps = stitched_maps(model.net, model.arch, x, METHODS, stitch)
         _check_probs(probs, val, idx)
-        for j, i in enumerate(idx):
-            for prefix, m in (("cam", maps[j]), ("baseline", baseline)):
-                totals[prefix] += [iou_dice(m, val.boxes[i], t)[0] for t in candidates]
-    out: dict[str, dict[str, float | int | list[float]]] = {}
-    for prefix, total in totals.items():
-        mean_iou = total / len(rows)
-        best = int(np.argmax(mean_iou))
-        out[prefix] = {
-            "threshold": float(candidates[best]),
-            "val_iou": float(mean_iou[best]),
-            "n_val_images": len(rows),
-            "val_iou_by_threshold": [round(float(v), 4) for v in mean_iou],
-        }
-    return out
+        for j in range(len(idx)):
+            pos = batch.start + j
+            for kind in kinds:
+                m = baseline if kind == "baseline" else maps[kind][j]
+                ious[kind][pos] = [iou_dice(m, val.boxes[idx[j]], t)[0] for t in candidates]
+    table = {k: _tune(candidates, gates, val, rows, ious[k]) for k in kinds}
+    for t in table.values():
+        t["n_val_images"] = len(rows)
+    return Tuning(
+        thresholds={k: t["threshold"] for k, t in table.items()},
+        gates={k: t["gate"] for k, t in table.items()},
+        table=table,
+    )
 
 
 def analyse(
     model: Exported,
     test: CamInputs,
+    tuning: Tuning,
     *,
     decision_threshold: float,
     method: str,
     k: int,
-    map_thresholds: dict[str, float],
     pointing_tolerance: float,
-    shift: int,
+    stitch: int,
     batch_size: int,
     bootstrap: int,
     seed: int,
 ) -> CamResult:
     """One pass of maps over the rows the gallery and the scores need; scores with bootstrap CIs.
 
-    Scored rows are the positives with at least one box. ``map_thresholds`` gives the IoU/Dice
-    binarisation fraction for the maps (``cam``) and for the baseline (``baseline``), as
-    ``tune_map_thresholds`` chose them. ``pointing_tolerance`` is a fraction of the image side.
-    The sanity check compares, on the scored rows, each map with the map of the same
-    architecture with random weights (seeded by ``seed``).
+    Scored rows are the positives with at least one box; every method is scored, each at the
+    threshold ``tuning`` chose for it, and ``method`` (with the baseline) also gets intervals,
+    the gated full-split mIoU, the gallery maps and the sanity check: on the scored rows, each
+    map against the map of the same architecture with random weights (seeded by ``seed``).
+    ``pointing_tolerance`` is a fraction of the image side.
     """
     size = test.images.shape[1]
     if model.image_size != size:
         raise ValueError(f"the model expects {model.image_size} px images, test.npy has {size} px")
     groups = select_cases(test.probs, test.targets, decision_threshold, k)
-    scored = set(_scored_rows(test))
+    scored_rows = _scored_rows(test)
+    scored = set(scored_rows)
     wanted = {int(i) for g in groups.values() for i in g}
     rows = sorted(scored | wanted)
     rand = random_network(model.arch, seed, model.last_stride) if scored else None
@@ -129,28 +193,58 @@ def analyse(
     for batch in track_batches(len(rows), batch_size, "cam: test maps", "images"):
         idx = rows[batch]
         x = normalize(np.ascontiguousarray(test.images[idx]), model.mean, model.std)
-        probs, batch_maps = compute_maps(model.net, model.arch, x, method, shift)
+        probs, by_method = stitched_maps(model.net, model.arch, x, METHODS, stitch)
         _check_probs(probs, test, idx)
         keep = [j for j, i in enumerate(idx) if i in scored]
-        rand_maps = compute_maps(rand, model.arch, x[keep], method, shift)[1] if keep else []
+        rand_maps = compute_maps(rand, model.arch, x[keep], method, stitch)[1] if keep else []
         for j, rand_map in zip(keep, rand_maps, strict=True):
             boxes = test.boxes[idx[j]]
-            for prefix, m in (("cam", batch_maps[j]), ("baseline", baseline)):
-                scores = score_map(m, boxes, threshold=map_thresholds[prefix], tolerance=tolerance)
+            kinds = {**{m: by_method[m][j] for m in METHODS}, "baseline": baseline}
+            for kind, m in kinds.items():
+                scores = score_map(m, boxes, threshold=tuning.thresholds[kind], tolerance=tolerance)
                 for key, v in scores.items():
-                    per_image.setdefault(f"{prefix}.{key}", []).append(v)
-            per_image.setdefault("random_corr", []).append(pearson(batch_maps[j], rand_map))
-        maps.update({i: batch_maps[j] for j, i in enumerate(idx) if i in wanted})
+                    per_image.setdefault(_key(kind, key), []).append(v)
+            per_image.setdefault("random_corr", []).append(pearson(by_method[method][j], rand_map))
+        maps.update({i: by_method[method][j] for j, i in enumerate(idx) if i in wanted})
+    for kind, prefix in ((method, "cam"), ("baseline", "baseline")):
+        for key in SCORE_KEYS:  # under the headline's names: cam.* is the configured method
+            per_image[f"{prefix}.{key}"] = per_image.get(_key(kind, key), [])
+        gated = gated_ious(
+            test.probs, scored_rows, np.asarray(per_image[f"{prefix}.iou"]), [tuning.gates[kind]]
+        )[0]
+        per_image[f"{prefix}.miou_gated"] = list(gated)
     metrics = {
         "method": method,
-        "map_shift_px": shift,
-        "map_threshold": map_thresholds["cam"],
-        "baseline.map_threshold": map_thresholds["baseline"],
+        "stitch": stitch,
+        "map_threshold": tuning.thresholds[method],
+        "baseline.map_threshold": tuning.thresholds["baseline"],
+        "gate": tuning.gates[method],
+        "baseline.gate": tuning.gates["baseline"],
         "pointing_tolerance_px": round(tolerance, 3),
         "decision_threshold": round(decision_threshold, 6),
+        "n_gated_images": len(test.probs),
         **summarize(per_image, len(scored), bootstrap=bootstrap, seed=seed),
+        "methods": _method_table(per_image, tuning),
     }
     return CamResult(metrics=metrics, groups=groups, maps=maps)
+
+
+def _key(kind: str, score: str) -> str:
+    """The per-image list of one map kind's score (a method's, or the baseline's)."""
+    return f"by_kind/{kind}/{score}"
+
+
+def _method_table(per_image: dict[str, list[float]], tuning: Tuning) -> dict[str, Any]:
+    """Per method: its val-tuned threshold, its val IoU there, and its mean test scores."""
+    out: dict[str, Any] = {}
+    for m in METHODS:
+        t = tuning.table[m]
+        row = {"map_threshold": t["threshold"], "val_iou": round(t["val_iou"], 6)}
+        for key in SCORE_KEYS:
+            values = per_image.get(_key(m, key), [])
+            row[key] = round(float(np.mean(values)), 6) if values else None
+        out[m] = row
+    return out
 
 
 def _check_probs(probs: np.ndarray, test: CamInputs, idx: list[int]) -> None:
@@ -170,7 +264,7 @@ def summarize(
     """Flat metrics: mean and 95 % bootstrap bounds per score; None where there is no image."""
     out: dict[str, float | int | None] = {"n_images": n_images}
     for prefix in ("cam", "baseline"):
-        for key in SCORE_KEYS:
+        for key in (*SCORE_KEYS, "miou_gated"):
             name = f"{prefix}.{key}"
             values = np.asarray(per_image.get(name, []), dtype=np.float64)
             lo, hi = mean_interval(values, bootstrap, seed)

@@ -75,10 +75,14 @@ class Tile:
     caption: str
 
 
-def render_gallery(path: Path, title: str, tiles: Sequence[Tile], alpha: float) -> None:
+def render_gallery(
+    path: Path, title: str, tiles: Sequence[Tile], alpha: float, region: float | None = None
+) -> None:
     """Write one PNG grid: per tile the X-ray and the overlay, boxes outlined on both, a caption.
 
-    With no tiles the PNG says "no cases", so every declared output exists.
+    With ``region``, the overlay also outlines the binarised map (where it reaches ``region`` of
+    its maximum: the region IoU and Dice score). With no tiles the PNG says "no cases", so every
+    declared output exists.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -107,6 +111,8 @@ def render_gallery(path: Path, title: str, tiles: Sequence[Tile], alpha: float) 
                 (x0 / width, 1 - (top + PANEL) / height, PANEL / width, PANEL / height)
             )
             _draw_panel(ax, rgb, tile.boxes)
+            if j == 1 and region is not None:
+                _draw_region(ax, tile.cam_map, region)
         fig.text(
             (left + PANEL + INNER / 2) / width,
             1 - (top + PANEL + CAPTION / 2) / height,
@@ -137,6 +143,27 @@ def _draw_panel(ax, rgb: np.ndarray, boxes: np.ndarray) -> None:
     ax.set_axis_off()
 
 
+def _draw_region(ax, cam_map: np.ndarray, fraction: float) -> None:
+    """Outline {map >= fraction * max} in dashed cyan (pixel centres at c + 0.5, as the boxes)."""
+    from matplotlib import patheffects
+
+    top = float(cam_map.max())
+    if top <= 0:
+        return  # a zero map has no region (iou_dice: empty)
+    s = cam_map.shape[0]
+    centres = np.arange(s) + 0.5
+    cs = ax.contour(
+        centres,
+        centres,
+        cam_map,
+        levels=[fraction * top],
+        colors="cyan",
+        linewidths=1.4,
+        linestyles="dashed",
+    )
+    cs.set(path_effects=[patheffects.withStroke(linewidth=2.6, foreground="black")])
+
+
 def caption(patient_id: str, prob: float, target: int) -> str:
     """A tile caption: short patient id, probability and label."""
     return f"{str(patient_id)[:8]}  p={prob:.3f}  label {int(target)}"
@@ -160,8 +187,12 @@ def write_gallery(out_dir: Path, result: CamResult, test: CamInputs, alpha: floa
         ]
         side = "highest" if group in ("tp", "fp") else "lowest"
         what = f"{len(rows)} with the {side} probability" if len(rows) else "none"
-        title = f"{GROUP_TITLES[group]} at threshold {t:.3f}: {what}   [{result.metrics['method']}]"
+        region = result.metrics["map_threshold"]
+        title = (
+            f"{GROUP_TITLES[group]} at {t:.3f}: {what}   [{result.metrics['method']}, "
+            f"dashed: >= {region:g} max]"
+        )
         path = out_dir / f"{group}.png"
-        render_gallery(path, title, tiles, alpha)
+        render_gallery(path, title, tiles, alpha, region)
         paths.append(path)
     return paths

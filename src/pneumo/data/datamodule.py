@@ -82,6 +82,7 @@ class XrayDataModule(L.LightningDataModule):
         balanced_sampling: bool,
         seed: int,
         augment: Mapping[str, Any],
+        permute_labels: bool = False,
     ):
         super().__init__()
         self.data_dir = Path(data_dir)
@@ -90,6 +91,7 @@ class XrayDataModule(L.LightningDataModule):
         self.balanced_sampling = balanced_sampling
         self.seed = seed
         self.augment = dict(augment)
+        self.permute_labels = permute_labels
         self.stats = read_stats(self.data_dir)
         self.mean = float(self.stats["mean"])
         self.std = float(self.stats["std"])
@@ -97,13 +99,23 @@ class XrayDataModule(L.LightningDataModule):
         self._generator: torch.Generator | None = None
 
     def train_targets(self) -> np.ndarray:
-        """Targets of the training split (for ``pos_weight: auto``)."""
-        return read_targets(self.data_dir, "train")
+        """Targets of the training split as training sees them (for ``pos_weight: auto``)."""
+        targets = read_targets(self.data_dir, "train")
+        if not self.permute_labels:
+            return targets
+        # the data-randomisation test (Adebayo et al. 2018): the same images and label counts,
+        # the labels shuffled among them, so nothing image-specific is left to learn; seeded by
+        # train.seed alone, so every rank of a distributed run shuffles alike
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(0x1AB,)))
+        return rng.permutation(targets)
 
     def dataset(self, split: str) -> MemmapImages:
-        """The memmap dataset of ``split``, created on first use."""
+        """The memmap dataset of ``split``, created on first use (train with ``permute_labels``:
+        its labels shuffled, val and test untouched)."""
         if split not in self.datasets:
-            targets = read_targets(self.data_dir, split)
+            targets = (
+                self.train_targets() if split == "train" else read_targets(self.data_dir, split)
+            )
             self.datasets[split] = MemmapImages(self.data_dir / f"{split}.npy", targets)
         return self.datasets[split]
 
