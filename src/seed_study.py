@@ -61,18 +61,31 @@ def queue_and_run(
     sets = [arg for o in overrides for arg in ("-S", o)]
     for s in seeds:
         dvc("exp", "run", "--queue", "-n", f"{prefix}-{s}", "-S", f"train.seed={s}", *sets)
-    dvc("queue", "start", "-j", "1")
+    # not dvc(): the worker it starts inherits the pipes, and capture_output would wait for the
+    # worker to exit (the whole queue) before the progress below could print
+    start = [sys.executable, "-m", "dvc", "queue", "start", "-j", "1"]
+    if subprocess.run(start, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+        sys.exit("seed_study: `dvc queue start -j 1` failed (run it to see why)")
     t0 = time.monotonic()
     while True:
         status = dvc("queue", "status")
         waiting = [ln for ln in status.splitlines() if " Queued " in ln or " Running " in ln]
-        failed = [ln for ln in status.splitlines() if " Failed " in ln]
-        if failed:
+        if failed_tasks(status, {f"{prefix}-{s}" for s in seeds}):
             sys.exit("seed_study: experiments failed (see `dvc queue logs <name>`):\n" + status)
         if not waiting:
             break
         print(f"{len(waiting)} experiment(s) to go ({time.monotonic() - t0:.0f} s)", flush=True)
         time.sleep(poll_s)
+
+
+def failed_tasks(status: str, names: set[str]) -> list[str]:
+    """The lines of ``dvc queue status`` (task, name, created, status) of failed tasks among
+    ``names``: a failed task of another study, still listed, is not this study's to stop on."""
+    return [
+        ln
+        for ln in status.splitlines()
+        if ln.split()[1:2] and ln.split()[1] in names and ln.split()[-1] == "Failed"
+    ]
 
 
 def _experiments(commit: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:

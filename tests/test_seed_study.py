@@ -69,3 +69,16 @@ def test_a_named_study_reports_only_its_own_runs() -> None:
     assert lines[0].startswith("2 runs (e3-1, e3-2) on commit ccccccc")
     auroc = next(ln for ln in lines if ln.startswith("test AUROC"))
     assert float(auroc.split()[2]) == 0.91
+
+
+def test_only_this_studys_failed_tasks_stop_it():
+    status = (
+        "Task     Name            Created    Status\n"
+        "0e27687  ps-2            11:44 AM   Failed\n"
+        "15a0e9d  seed-1          05:57 PM   Success\n"
+        "f8c301d  seed-2          05:57 PM   Failed\n"
+        "6111d14  seed-3          05:57 PM   Running\n"
+    )
+    names = {"seed-1", "seed-2", "seed-3"}
+    assert seed_study.failed_tasks(status, names) == ["f8c301d  seed-2          05:57 PM   Failed"]
+    assert seed_study.failed_tasks(status, {"e3-1"}) == []
