@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumo.eval_outputs import write_evaluation
-from pneumo.evaluation import evaluate, read_predictions
+from pneumo.evaluation import evaluate, read_model_sha256, read_predictions
 from pneumo.layout import DETAIL, METRICS_DIR, OPERATING_POINT, PREDICTIONS
 from pneumo.params import kwargs_for, load_or_exit
 
@@ -22,10 +22,16 @@ def main() -> None:
         read_predictions(PREDICTIONS / "val.csv"),
         read_predictions(PREDICTIONS / "test.csv"),
         **kwargs_for(evaluate, params),
+        model_sha256=read_model_sha256(PREDICTIONS),
     )
     headline, detail = METRICS_DIR / "eval.json", DETAIL / "eval.json"
     write_evaluation(result, headline, detail, PLOTS, OPERATING_POINT)
     test = result.metrics["test"]
+    before = test["uncalibrated"]
+    print(
+        f"temperature {result.metrics['calibration']['temperature']:.4f} (fitted on val): test "
+        f"ECE {before['ece']} -> {test['ece']}, Brier {before['brier']} -> {test['brier']}"
+    )
     print(
         f"test AUROC {test['auroc']} [{test['auroc_lo']}, {test['auroc_hi']}]; operating point "
         f"{result.operating_point['threshold']:.4f} (val sensitivity >= "

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         op, note = resolve_operating_point(args.threshold, args.operating_point)
         model_path, runtime = runtime_for(args.model, args.runtime)
-        model = load_model(model_path, runtime)
+        model = load_model(model_path, runtime, op)
         if args.cam is not None:
             args.cam.mkdir(parents=True, exist_ok=True)
     except (UsageError, OSError) as e:

@@ -128,7 +128,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.predictor = Predictor(load_model(model_path, runtime), op, cam_method)
+        app.state.predictor = Predictor(load_model(model_path, runtime, op), op, cam_method)
         app.state.max_bytes = max_bytes
         app.state.tmp_dir = Path(tempfile.mkdtemp(prefix="pneumo-serve-"))
         try:

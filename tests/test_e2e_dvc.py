@@ -195,7 +195,12 @@ def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_pa
         assert answer["out_of_distribution"] is True and answer["ood_score"] == rec["ood_score"]
         assert client.get("/health").json()["ood_threshold"] == onnx_model.ood.threshold
     params = load_section("export", repo / "params.yaml")
-    inputs = [repo / "data/model/model.pt", repo / "data/processed", repo / "data/predictions"]
+    inputs = [
+        repo / "data/model/model.pt",
+        repo / "data/processed",
+        repo / "data/predictions",
+        repo / "data/operating_point.json",
+    ]
     # export.int8: an int8 file beside the float one, with its own figures and statistics
     metrics = exporting.run(
         *inputs, tmp_path / "int8", params.model_copy(update={"int8": "static"})

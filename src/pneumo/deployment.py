@@ -10,6 +10,7 @@ service report as a usage error.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,16 @@ def runtime_for(path: Path | None, runtime: str | None) -> tuple[Path, str]:
     return path, runtime
 
 
-def load_model(path: Path | None, runtime: str | None = None) -> InferenceModel:
+def load_model(
+    path: Path | None, runtime: str | None = None, op: OperatingPoint | None = None
+) -> InferenceModel:
     """The model file ``path`` on ``runtime`` (see :func:`runtime_for`), with the errors a person
-    can act on turned into ``UsageError``."""
+    can act on turned into ``UsageError``.
+
+    Its probabilities are calibrated: an ONNX file carries its temperature (the export stage's);
+    ``model.pt`` does not, and takes the one of ``op`` when evaluate fitted it for this very file
+    (``op.model_sha256``), else none (1.0, and the probabilities are the network's own).
+    """
     path, runtime = runtime_for(path, runtime)
     if not path.is_file():
         raise UsageError(
@@ -87,7 +95,10 @@ def load_model(path: Path | None, runtime: str | None = None) -> InferenceModel:
             return load_onnx(path)
         from pneumo.runtime.torch_model import load_torch  # imports torch: only here
 
-        return load_torch(path)
+        model = load_torch(path)
+        if op is not None and op.temperature is not None and op.model_sha256 == model.sha256:
+            return replace(model, temperature=op.temperature)
+        return model
     except Exception as e:  # a torn, foreign or older file: the runtime's or our own check
         one_line = " ".join(str(e).split())
         raise UsageError(f"cannot load the model {path}: {type(e).__name__}: {one_line}") from None

@@ -21,7 +21,10 @@ OPERATING_POINT = Path("data/operating_point.json")
 
 # data/predictions/<split>.csv: the splits infer scores and the columns evaluate and cam read
 PREDICTED_SPLITS = ("val", "test")
-PREDICTION_COLUMNS = ("patientId", "target", "prob", "view", "sex", "age", "class")
+# (prob is the network's sigmoid, uncalibrated; logit its float32 input, which evaluate's
+# temperature divides: pneumo.calibration)
+PREDICTION_COLUMNS = ("patientId", "target", "prob", "logit", "view", "sex", "age", "class")
+PREDICTIONS_MODEL = "model.json"  # beside them: the sha256 of the model.pt that made them
 
 # The headline figures (the top-level `metrics:` of dvc.yaml, what `dvc metrics diff` prints) and
 # the detail behind them: every interval, subgroup, count and val, read by the model card. The

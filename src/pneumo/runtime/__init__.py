@@ -73,3 +73,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     """float64 probabilities of logits, without overflow at either end."""
     z = np.asarray(logits, dtype=np.float64)
     return np.exp(-np.logaddexp(0.0, -z))
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """float64 probabilities sigmoid(logits / temperature): the calibrated probability, computed
+    by this one formula in evaluate, export and both runtimes (``pneumo.calibration`` fits T)."""
+    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
