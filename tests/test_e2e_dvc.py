@@ -86,10 +86,9 @@ def commit(repo: Path, message: str) -> None:
     run(repo, "git", "commit", "-q", "-m", message)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project copied into a fresh git + dvc repository with the tiny profile, reproduced."""
-    repo = tmp_path_factory.mktemp("e2e") / "project"
+def tiny_project(repo: Path) -> Path:
+    """The project's pipeline copied into ``repo``, a new git + dvc repository, with the tiny
+    profile (not committed yet)."""
     repo.mkdir()
     for name in ("src", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         src = ROOT / name
@@ -100,6 +99,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     set_params(repo, TINY)
     run(repo, "git", "init", "-q", "-b", "main")
     dvc(repo, "init", "-q")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project copied into a fresh git + dvc repository with the tiny profile, reproduced."""
+    repo = tiny_project(tmp_path_factory.mktemp("e2e") / "project")
     dvc(repo, "config", "core.autostage", "true")
     # The team remote is committed first, as the README says: `dvc push --all-commits` reads
     # each commit's own .dvc/config and silently skips the commits that name no remote.

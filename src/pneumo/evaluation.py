@@ -122,7 +122,7 @@ def evaluate(
     decisions = {**fixed, "op": op, "youden": youden}
     metrics: dict[str, Any] = {}
     for name, (y, p) in arrays.items():
-        metrics[name] = _split_metrics(y, p, decisions, bootstrap, seed, calibration_bins)
+        metrics[name] = split_metrics(y, p, decisions, bootstrap, seed, calibration_bins)
         metrics[name]["op"]["target"] = target_sensitivity
         before = threshold_free(*raw[name], calibration_bins)
         metrics[name]["uncalibrated"] = {k: before[k] for k in UNCALIBRATED_FIGURES}
@@ -141,7 +141,7 @@ def evaluate(
     return Evaluation(round_floats(metrics), operating_point, plots)
 
 
-def _split_metrics(
+def split_metrics(
     y: np.ndarray,
     p: np.ndarray,
     decisions: Mapping[str, float],
@@ -149,6 +149,8 @@ def _split_metrics(
     seed: int,
     calibration_bins: int,
 ) -> dict[str, Any]:
+    """One split's threshold-free figures (AUROC with its bootstrap interval) and, per decision
+    (name -> threshold), the counts and rates with sensitivity and specificity intervals."""
     ci = auroc_sens_spec_intervals(y, p, decisions, n_resamples=bootstrap, seed=seed)
     out: dict[str, Any] = {}
     for name, value in threshold_free(y, p, calibration_bins).items():

@@ -18,6 +18,14 @@ INT8_MODEL = EXPORT_DIR / "model.int8.onnx"  # only with export.int8 other than 
 EXPORT_METRICS = Path("metrics/export.json")
 PREDICTIONS = Path("data/predictions")
 OPERATING_POINT = Path("data/operating_point.json")
+CV_DIR = Path("data/cv")  # cv.folds > 1: data/cv/fold<f>/ per fold (pneumo.cv)
+CV_OPERATING_POINT = Path("data/cv_operating_point.json")  # the fold ensemble's threshold
+
+
+def cv_fold_dir(fold: int) -> Path:
+    """Where cross-validation fold ``fold`` writes (``dvc.yaml``: ``data/cv/fold${item.fold}``)."""
+    return CV_DIR / f"fold{fold}"
+
 
 # data/predictions/<split>.csv: the splits infer scores and the columns evaluate and cam read
 PREDICTED_SPLITS = ("val", "test")
