@@ -4,6 +4,7 @@ real dvc CLI, in a temporary git repository; run again, every fold comes from th
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,12 @@ def test_three_folds_then_the_run_cache(repo: Path) -> None:
     for stage in FOLD_STAGES:  # each fold's model is a DVC-tracked output
         assert lock[stage]["outs"][0]["path"] == f"data/cv/fold{stage[-1]}", lock[stage]
         assert (repo / f"data/cv/fold{stage[-1]}/model.pt").is_file()
+    # the folds' ensemble predicts a file: the mean probability and the members' sd
+    dcm = sorted((repo / "data/raw/stage_2_train_images").glob("*.dcm"))[0]
+    out = run(repo, sys.executable, "src/predict.py", str(dcm), "--model", "data/cv", "--json")
+    rec = json.loads(out.stdout)
+    assert rec["model"]["members"] == FOLDS and rec["prob_sd"] > 0
+    assert rec["threshold_source"].startswith("data/cv_operating_point.json")
     # `dvc exp show` carries the cv keys beside the single model's
     shown = dvc(repo, "exp", "show", "--json").stdout
     assert "ensemble.test.auroc" in shown or '"ensemble"' in shown

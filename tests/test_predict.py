@@ -252,7 +252,9 @@ def test_json_records_have_stable_keys_and_consistent_decisions(images, model_pa
             "ood_score",
             "out_of_distribution",
             "warning",
+            "prob_sd",
         }
+        assert r["prob_sd"] is None  # one model: no uncertainty (an ensemble's, test_ensemble)
         assert set(r["decisions"]) == {"operating_point", "0.5", "0.25"}
         assert r["decisions"]["0.5"] == (r["prob"] >= 0.5)
         assert r["decisions"]["0.25"] == (r["prob"] >= 0.25)
@@ -264,8 +266,9 @@ def test_json_records_have_stable_keys_and_consistent_decisions(images, model_pa
             "arch",
             "image_size",
             "resize_mode",
+            "members",
         }
-        assert r["model"]["runtime"] == "onnxruntime"
+        assert r["model"]["runtime"] == "onnxruntime" and r["model"]["members"] == 1
         assert len(r["model"]["id"]) == 12 and r["model"]["image_size"] == SIZE
     colour = next(r for r in recs if r["file"].endswith("colour.jpg"))
     assert any("grayscale" in n for n in colour["notes"])
