@@ -205,7 +205,7 @@ def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_pa
         repo / "data/model/model.pt",
         repo / "data/processed",
         repo / "data/predictions",
-        repo / "data/operating_point.json",
+        repo / "data/calibration.json",
     ]
     # export.int8: an int8 file beside the float one, with its own figures and statistics
     metrics = exporting.run(

@@ -291,3 +291,5 @@ def test_infer_then_evaluate_scripts(model_file: Path, tmp_path: Path):
     op = json.loads((tmp_path / "data/operating_point.json").read_text())
     # the temperature is fitted for this model.pt, which prediction checks before applying it
     assert op["model_sha256"] == load_exported(model_file).sha256 and op["temperature"] > 0
+    calibration = json.loads((tmp_path / "data/calibration.json").read_text())
+    assert calibration == {"temperature": op["temperature"], "model_sha256": op["model_sha256"]}

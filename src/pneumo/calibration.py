@@ -10,7 +10,9 @@ T; the export stage stores it in the ONNX file; prediction applies it with
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,9 @@ from pneumo.eval_checks import EvaluationError, check_binary, require_both_class
 # NLL falls towards T -> 0 for ever) from giving T = 0
 LOG_T_BOUNDS = (-math.log(20.0), math.log(20.0))
 XATOL = 1e-9  # on log T: far below what moves a probability at 6 significant digits
+# a calibration file (evaluate's data/calibration.json, a fold's calibration.json): the
+# temperature and the sha256 of the model.pt whose val logits it was fitted on
+CALIBRATION_KEYS = ("temperature", "model_sha256")
 
 
 def nll(y: Any, logits: Any, temperature: float) -> float:
@@ -52,3 +57,13 @@ def fit_temperature(y: Any, logits: Any) -> float:
         options={"xatol": XATOL},
     )
     return float(math.exp(res.x))
+
+
+def read_calibration(path: str | Path) -> tuple[float, str | None]:
+    """(temperature, model sha256 or None) of a calibration file; ValueError if it has none."""
+    with Path(path).open() as f:
+        data = json.load(f)
+    temperature = data.get("temperature") if isinstance(data, dict) else None
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"{path}: no positive temperature")
+    return float(temperature), data.get("model_sha256")

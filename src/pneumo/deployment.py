@@ -12,12 +12,12 @@ out, which the predict command and the service report as a usage error.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pneumo.calibration import read_calibration
 from pneumo.layout import CV_OPERATING_POINT, MODEL, ONNX_MODEL, OPERATING_POINT
 from pneumo.operating_point import (
     FALLBACK_THRESHOLD,
@@ -143,9 +143,11 @@ def read_operating_point_or_none(path: Path) -> OperatingPoint | None:
     """A fold's ``calibration.json`` as the temperature record ``load_model`` takes."""
     if not path.is_file():
         return None
-    with path.open() as f:
-        data = json.load(f)
-    return OperatingPoint(FALLBACK_THRESHOLD, str(path), data["temperature"], data["model_sha256"])
+    try:
+        temperature, sha256 = read_calibration(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return OperatingPoint(FALLBACK_THRESHOLD, str(path), temperature, sha256)
 
 
 def default_operating_point(model: Path | None) -> Path:

@@ -2,7 +2,7 @@
 checked on the test split against the probabilities the evaluate stage's figures come from, and
 each carrying its out-of-distribution statistics (:mod:`pneumo.ood`).
 
-Each file carries the temperature evaluate fitted (``data/operating_point.json``), and the
+Each file carries the temperature evaluate fitted (``data/calibration.json``), and the
 probabilities compared are the calibrated ones, sigmoid(logit / T), from the infer stage's
 logits. The float file must agree with torch to ``export.max_prob_diff`` on every test image, or
 the stage fails and writes nothing: a prediction on onnxruntime is then the prediction the metrics
@@ -25,12 +25,12 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pneumo.atomic import atomic_dir
+from pneumo.calibration import read_calibration
 from pneumo.layout import INT8_MODEL, ONNX_MODEL
 from pneumo.model import Exported, load_exported
 from pneumo.onnx_export import export_onnx, save_onnx, set_metadata
 from pneumo.ood import OodStats, fit
 from pneumo.ood_sets import KINDS, generated
-from pneumo.operating_point import read_operating_point
 from pneumo.quantization import calibration_rows, quantize
 from pneumo.runtime import apply_temperature
 from pneumo.runtime.onnx_model import load_onnx, ood_metadata
@@ -60,15 +60,15 @@ def reference(
     return images, preds["target"].to_numpy(), calibrated
 
 
-def fitted_temperature(operating_point: Path, model: Exported) -> float:
-    """The temperature evaluate fitted for ``model`` (its operating point file)."""
-    op = read_operating_point(operating_point)
-    if op.temperature is None or op.model_sha256 != model.sha256:
+def fitted_temperature(calibration: Path, model: Exported) -> float:
+    """The temperature evaluate fitted for ``model`` (its calibration file)."""
+    temperature, sha256 = read_calibration(calibration)
+    if sha256 != model.sha256:
         raise ExportError(
-            f"{operating_point} holds no temperature fitted for this model.pt "
-            f"({model.sha256[:12]}): run `dvc repro evaluate`"
+            f"{calibration} holds a temperature fitted for another model.pt than "
+            f"{model.sha256[:12]}: run `dvc repro evaluate`"
         )
-    return op.temperature
+    return temperature
 
 
 def add_ood(path: Path, processed: Path, quantile: float) -> OodStats:
@@ -114,14 +114,14 @@ def run(
     model_path: Path,
     processed: Path,
     predictions: Path,
-    operating_point: Path,
+    calibration: Path,
     out_dir: Path,
     params: Any,
 ) -> dict[str, Any]:
     """Write ``out_dir`` (``model.onnx``, and ``model.int8.onnx`` unless ``params.int8`` is
     none) whole or not at all; the metrics of ``metrics/export.json``."""
     model = load_exported(model_path)
-    temperature = fitted_temperature(operating_point, model)
+    temperature = fitted_temperature(calibration, model)
     images, targets, torch_prob = reference(processed, predictions, temperature)
     metrics: dict[str, Any] = {}
     with atomic_dir(out_dir) as tmp:

@@ -18,6 +18,7 @@ INT8_MODEL = EXPORT_DIR / "model.int8.onnx"  # only with export.int8 other than 
 EXPORT_METRICS = Path("metrics/export.json")
 PREDICTIONS = Path("data/predictions")
 OPERATING_POINT = Path("data/operating_point.json")
+CALIBRATION = Path("data/calibration.json")  # evaluate's temperature, which export stores
 CV_DIR = Path("data/cv")  # cv.folds > 1: data/cv/fold<f>/ per fold (pneumo.cv)
 CV_OPERATING_POINT = Path("data/cv_operating_point.json")  # the fold ensemble's threshold
 
