@@ -160,13 +160,17 @@ def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_pa
     """The export stage's file, on onnxruntime, against model.pt on torch over the whole test
     split: probabilities within 1e-5, heat maps alike; and the stage refuses a looser export."""
     from pneumo import exporting
+    from pneumo.calibration import read_calibration
     from pneumo.params import load_section
     from pneumo.runtime.onnx_model import load_onnx
     from pneumo.runtime.torch_model import load_torch
 
     images = np.load(repo / "data/processed/test.npy")
     onnx_model = load_onnx(repo / "data/export/model.onnx")
-    torch_model = load_torch(repo / "data/model/model.pt")
+    # both calibrated by evaluate's temperature: the ONNX file carries it, model.pt is given it
+    temperature, fitted_for = read_calibration(repo / "data/calibration.json")
+    assert onnx_model.temperature == temperature and fitted_for == onnx_model.source_sha256
+    torch_model = load_torch(repo / "data/model/model.pt", temperature)
     for method in (None, "cam"):
         p_onnx, maps_onnx = onnx_model.predict(images, method)
         p_torch, maps_torch = torch_model.predict(images, method)
