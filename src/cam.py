@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 # Before torch is imported: OpenMP threads that sleep instead of spinning while they wait; beside
@@ -25,7 +26,14 @@ GALLERY = Path("plots/cam")
 def main() -> None:
     params = load_or_exit("cam")
     model = load_exported(MODEL)
-    val = read_predicted_split(PROCESSED, PREDICTIONS / "val.csv", "val")
+    op, note = operating_point_or_fallback(OPERATING_POINT)
+    if op.model_sha256 is not None and op.model_sha256 != model.sha256:
+        sys.exit(
+            f"cam: {OPERATING_POINT} was fitted for another {MODEL} (run `dvc repro evaluate`)"
+        )
+    # the operating point's threshold and the gates are on evaluate's calibrated scale
+    temperature = op.temperature or 1.0
+    val = read_predicted_split(PROCESSED, PREDICTIONS / "val.csv", "val").calibrated(temperature)
     tuning = tune_on_val(
         model,
         val,
@@ -39,9 +47,11 @@ def main() -> None:
             f"{kind}: map threshold {t['threshold']} (val IoU {t['val_iou']:.4f}), "
             f"gate {t['gate']} (val gated mIoU {t['val_miou_gated']:.4f})"
         )
-    test = read_predicted_split(PROCESSED, PREDICTIONS / "test.csv", "test")
-    op, note = operating_point_or_fallback(OPERATING_POINT)
-    print(note or f"decision threshold {op.threshold:.4f} from {op.source}")
+    test = read_predicted_split(PROCESSED, PREDICTIONS / "test.csv", "test").calibrated(temperature)
+    print(
+        note
+        or f"decision threshold {op.threshold:.4f} from {op.source}, temperature {temperature:.4f}"
+    )
     result = analyse(
         model,
         test,

@@ -12,14 +12,21 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pneumo.atomic import write_json
 from pneumo.exporting import ExportError, run
-from pneumo.layout import EXPORT_DIR, EXPORT_METRICS, MODEL, PREDICTIONS, PROCESSED
+from pneumo.layout import (
+    CALIBRATION,
+    EXPORT_DIR,
+    EXPORT_METRICS,
+    MODEL,
+    PREDICTIONS,
+    PROCESSED,
+)
 from pneumo.params import load_or_exit
 
 
 def main() -> None:
     params = load_or_exit("export")
     try:
-        metrics = run(MODEL, PROCESSED, PREDICTIONS, EXPORT_DIR, params)
+        metrics = run(MODEL, PROCESSED, PREDICTIONS, CALIBRATION, EXPORT_DIR, params)
     except ExportError as e:
         sys.exit(f"export: {e}")
     write_json(EXPORT_METRICS, metrics)

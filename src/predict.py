@@ -38,6 +38,7 @@ from pneumo.deployment import (  # noqa: E402
     DEFAULT_OPERATING_POINT,
     DEFAULT_RUNTIME,
     UsageError,
+    default_operating_point,
     load_model,
     model_identity,
     resolve_operating_point,
@@ -91,7 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"--model file's suffix, {DEFAULT_RUNTIME} without --model)",
     )
     defaults = ", ".join(f"{r}: {m}" for r, m in DEFAULT_MODELS.items())
-    p.add_argument("--model", type=Path, help=f"model file (default {defaults})")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help=f"model file (default {defaults}), or a folder of fold models, data/cv: their "
+        "ensemble (mean probability +- the members' sd)",
+    )
     p.add_argument(
         "--threshold", type=probability, help="decision threshold (overrides the operating point)"
     )
@@ -120,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     """The predict command: results on stdout, notes and errors on stderr; the exit status."""
     args = parse_args(argv)
     try:
-        op, note = resolve_operating_point(args.threshold, args.operating_point)
+        op, note = resolve_operating_point(
+            args.threshold, args.operating_point, default_operating_point(args.model)
+        )
         model_path, runtime = runtime_for(args.model, args.runtime)
-        model = load_model(model_path, runtime)
+        model = load_model(model_path, runtime, op)
         if args.cam is not None:
             args.cam.mkdir(parents=True, exist_ok=True)
     except (UsageError, OSError) as e:
@@ -218,8 +226,9 @@ def text_line(rec: dict[str, Any]) -> str:
     )
     extra = "".join(f"  [{n}]" for n in ood + gate_off + rec["notes"])
     cam = f"  cam {rec['cam']}" if rec["cam"] else ""
+    sd = f" +- {rec['prob_sd']:.4f}" if rec["prob_sd"] is not None else ""
     return (
-        f"{rec['file']}: p={rec['prob']:.4f}  {verdict(d['operating_point']).upper()} at "
+        f"{rec['file']}: p={rec['prob']:.4f}{sd}  {verdict(d['operating_point']).upper()} at "
         f"{rec['threshold']:.4f}  (at 0.5: {verdict(d['0.5'])}, at 0.25: {verdict(d['0.25'])})  "
         f"model {m['id']} {m['arch']} {m['image_size']}px{cam}{extra}"
     )

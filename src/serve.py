@@ -51,6 +51,7 @@ from pneumo.cam.head import METHODS as CAM_METHODS  # noqa: E402
 from pneumo.deployment import (  # noqa: E402
     DEFAULT_MODELS,
     UsageError,
+    default_operating_point,
     load_model,
     resolve_operating_point,
     runtime_for,
@@ -119,7 +120,9 @@ def create_app(
         raise UsageError(f"max_bytes must be >= 1, got {max_bytes}")
     if cam_method not in CAM_METHODS:
         raise UsageError(f"unknown CAM method {cam_method!r}; choose {', '.join(CAM_METHODS)}")
-    op, note = resolve_operating_point(threshold, operating_point)
+    op, note = resolve_operating_point(
+        threshold, operating_point, default_operating_point(model_path)
+    )
     if note:
         log.warning(note)
     model_path, runtime = runtime_for(model_path, runtime)  # None: the ONNX export
@@ -128,7 +131,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.predictor = Predictor(load_model(model_path, runtime), op, cam_method)
+        app.state.predictor = Predictor(load_model(model_path, runtime, op), op, cam_method)
         app.state.max_bytes = max_bytes
         app.state.tmp_dir = Path(tempfile.mkdtemp(prefix="pneumo-serve-"))
         try:

@@ -365,7 +365,8 @@ def _fake_pipeline(root: Path, n: int = 12, size: int = 64) -> tuple[nn.Module, 
     export_model(root / "data/model/model.pt", net, "resnet18", size, "pad", mean, std)
     probs = predict_proba(net, images, mean, std, batch_size=64)
     (root / "data/predictions").mkdir(parents=True)
-    pd.DataFrame({"patientId": ids, "target": targets, "prob": probs}).to_csv(
+    logit = np.log(probs) - np.log1p(-probs)
+    pd.DataFrame({"patientId": ids, "target": targets, "prob": probs, "logit": logit}).to_csv(
         root / "data/predictions/test.csv", index=False
     )
     for name in ("data/processed/test.npy", "data/processed/test.csv", "data/predictions/test.csv"):
@@ -423,7 +424,9 @@ def test_analyse_scores_positives_with_boxes_and_is_deterministic(tmp_path):
     assert a.metrics["n_gated_images"] == n > 5
     assert a.metrics["cam.miou_gated"] == pytest.approx(a.metrics["cam.iou"] * 5 / n, abs=1e-5)
 
-    stale = CamInputs(test.images, test.patient_ids, test.targets, test.boxes, probs[::-1])
+    stale = CamInputs(
+        test.images, test.patient_ids, test.targets, test.boxes, probs[::-1], test.logits
+    )
     with pytest.raises(ValueError, match="stale"):
         analyse(model, stale, tuning, seed=0, **kwargs)
 
@@ -511,9 +514,21 @@ def test_map_thresholds_tuned_on_val_maximise_its_mean_iou(tmp_path):
             miou.append(np.mean(per))
         assert tuning.gates[kind] == gates[int(np.argmax(miou))]
         assert tuning.table[kind]["val_miou_gated"] == pytest.approx(max(miou))
-    no_boxes = CamInputs(val.images, val.patient_ids, val.targets * 0, val.boxes, val.probs)
+    no_boxes = CamInputs(
+        val.images, val.patient_ids, val.targets * 0, val.boxes, val.probs, val.logits
+    )
     with pytest.raises(ValueError, match="no validation positive"):
         tune_on_val(model, no_boxes, candidates, gates, stitch=1, batch_size=3)
+
+
+def test_decisions_are_on_the_calibrated_scale(tmp_path):
+    _, probs = _fake_pipeline(tmp_path)
+    test = _inputs(tmp_path)
+    np.testing.assert_array_equal(test.decisions(), probs)  # before calibration: the file's
+    hot = test.calibrated(2.0)
+    np.testing.assert_allclose(hot.decisions(), 1 / (1 + np.exp(-test.logits / 2.0)), rtol=1e-12)
+    np.testing.assert_array_equal(hot.probs, test.probs)  # the staleness check keeps the file's
+    assert np.abs(hot.decisions() - 0.5).max() < np.abs(probs - 0.5).max()  # softened
 
 
 def test_read_inputs_name_the_bad_file_and_row(tmp_path):

@@ -44,6 +44,7 @@ def _predictions(n: int, seed: int) -> pd.DataFrame:
             "patientId": [f"{seed}-{i}" for i in range(n)],
             "target": y,
             "prob": 1 / (1 + np.exp(-logit)),
+            "logit": logit,
             "view": rng.choice(["PA", "AP"], n),
             "sex": rng.choice(["M", "F"], n),
             "age": rng.choice(["23", "47", "70"], n),
@@ -268,7 +269,7 @@ def test_card_stage_script(outputs: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert {p: p.read_bytes() for p in before} == before  # no date, no timing in any byte
     headline = json.loads((outputs / "metrics/eval.json").read_text())
-    assert len(flat_keys(headline)) == 14
+    assert len(flat_keys(headline)) == 16
 
 
 CARD, METRICS = ROOT / "reports" / "model_card.md", ROOT / "metrics"

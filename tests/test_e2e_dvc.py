@@ -86,10 +86,9 @@ def commit(repo: Path, message: str) -> None:
     run(repo, "git", "commit", "-q", "-m", message)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project copied into a fresh git + dvc repository with the tiny profile, reproduced."""
-    repo = tmp_path_factory.mktemp("e2e") / "project"
+def tiny_project(repo: Path) -> Path:
+    """The project's pipeline copied into ``repo``, a new git + dvc repository, with the tiny
+    profile (not committed yet)."""
     repo.mkdir()
     for name in ("src", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         src = ROOT / name
@@ -100,6 +99,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     set_params(repo, TINY)
     run(repo, "git", "init", "-q", "-b", "main")
     dvc(repo, "init", "-q")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project copied into a fresh git + dvc repository with the tiny profile, reproduced."""
+    repo = tiny_project(tmp_path_factory.mktemp("e2e") / "project")
     dvc(repo, "config", "core.autostage", "true")
     # The team remote is committed first, as the README says: `dvc push --all-commits` reads
     # each commit's own .dvc/config and silently skips the commits that name no remote.
@@ -154,13 +160,17 @@ def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_pa
     """The export stage's file, on onnxruntime, against model.pt on torch over the whole test
     split: probabilities within 1e-5, heat maps alike; and the stage refuses a looser export."""
     from pneumo import exporting
+    from pneumo.calibration import read_calibration
     from pneumo.params import load_section
     from pneumo.runtime.onnx_model import load_onnx
     from pneumo.runtime.torch_model import load_torch
 
     images = np.load(repo / "data/processed/test.npy")
     onnx_model = load_onnx(repo / "data/export/model.onnx")
-    torch_model = load_torch(repo / "data/model/model.pt")
+    # both calibrated by evaluate's temperature: the ONNX file carries it, model.pt is given it
+    temperature, fitted_for = read_calibration(repo / "data/calibration.json")
+    assert onnx_model.temperature == temperature and fitted_for == onnx_model.source_sha256
+    torch_model = load_torch(repo / "data/model/model.pt", temperature)
     for method in (None, "cam"):
         p_onnx, maps_onnx = onnx_model.predict(images, method)
         p_torch, maps_torch = torch_model.predict(images, method)
@@ -195,7 +205,12 @@ def test_the_onnx_export_is_the_torch_model_on_the_test_split(repo: Path, tmp_pa
         assert answer["out_of_distribution"] is True and answer["ood_score"] == rec["ood_score"]
         assert client.get("/health").json()["ood_threshold"] == onnx_model.ood.threshold
     params = load_section("export", repo / "params.yaml")
-    inputs = [repo / "data/model/model.pt", repo / "data/processed", repo / "data/predictions"]
+    inputs = [
+        repo / "data/model/model.pt",
+        repo / "data/processed",
+        repo / "data/predictions",
+        repo / "data/calibration.json",
+    ]
     # export.int8: an int8 file beside the float one, with its own figures and statistics
     metrics = exporting.run(
         *inputs, tmp_path / "int8", params.model_copy(update={"int8": "static"})

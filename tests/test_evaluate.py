@@ -10,15 +10,17 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from sklearn.metrics import recall_score, roc_auc_score
+from sklearn.metrics import brier_score_loss, recall_score, roc_auc_score
 
 from conftest import run_stage
 from pneumo import split_inference as infer
+from pneumo.calibration import fit_temperature
 from pneumo.eval_checks import EvaluationError
 from pneumo.eval_outputs import write_evaluation
 from pneumo.evaluation import evaluate, read_predictions
 from pneumo.layout import PREDICTION_COLUMNS
 from pneumo.model import build_network, export_model, load_exported, predict_proba
+from pneumo.runtime import apply_temperature
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_PARAMS = {
@@ -40,12 +42,14 @@ def _predictions(n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     view = rng.choice(["PA", "AP", ""], n, p=[0.5, 0.45, 0.05])
     y = (rng.random(n) < np.where(view == "AP", 0.4, 0.1)).astype(int)
-    prob = 1 / (1 + np.exp(-(3.0 * (2 * y - 1) + rng.normal(0, 1.5, n) - 1)))
+    # doubled: an over-confident network, which the temperature softens (T > 1)
+    logit = 2 * (3.0 * (2 * y - 1) + rng.normal(0, 1.5, n) - 1)
     return pd.DataFrame(
         {
             "patientId": [f"{seed}-{i:04d}" for i in range(n)],
             "target": y,
-            "prob": prob,
+            "prob": 1 / (1 + np.exp(-logit)),
+            "logit": logit,
             "view": view,
             "sex": rng.choice(["M", "F", ""], n, p=[0.5, 0.45, 0.05]),
             "age": rng.choice(["23", "47", "70", "", "151"], n),
@@ -85,8 +89,22 @@ def test_evaluate_writes_outputs(predictions: Path, tmp_path: Path):
     flat = dict(_leaves(metrics))
     # the headline: a handful of the detail's figures, under the same names
     short = dict(_leaves(json.loads(headline.read_text())))
-    assert len(short) == 14 and all(short[k] == flat[k] for k in short), short
+    assert len(short) == 16 and all(short[k] == flat[k] for k in short), short
     assert {"test.auroc_lo", "test.op.recall", "test.t025.specificity", "test.ece"} <= set(short)
+    assert {"test.uncalibrated.ece", "calibration.temperature"} <= set(short)
+    # every figure is of the calibrated probabilities, sigmoid(logit / T); T was fitted on val
+    temperature = metrics["calibration"]["temperature"]
+    assert temperature == pytest.approx(fit_temperature(val.target, val.logit), rel=1e-5)
+    assert temperature > 1.1  # the fixture doubled its logits: over-confident
+    val = val.assign(prob=apply_temperature(val.logit, temperature))
+    test = test.assign(prob=apply_temperature(test.logit, temperature))
+    assert flat["test.brier"] == pytest.approx(brier_score_loss(test.target, test.prob), rel=1e-5)
+    raw = read_predictions(predictions / "test.csv")
+    before = brier_score_loss(raw.target, raw.prob)
+    assert flat["test.uncalibrated.brier"] == pytest.approx(before, rel=1e-5)
+    # T minimises val's log loss (T = 1 among the candidates); test's need not improve, and
+    # the ECE of 260 cases in 10 bins is too noisy to compare
+    assert flat["val.uncalibrated.logloss"] > flat["val.logloss"]
     assert not any(k.startswith("val.") or ".view." in k for k in short)
     for v in flat.values():
         assert v is None or isinstance(v, (int, float, bool, str))
@@ -119,7 +137,10 @@ def test_evaluate_writes_outputs(predictions: Path, tmp_path: Path):
         "threshold_hi",
         "n_val_positives",
         "youden_threshold",
+        "temperature",
+        "model_sha256",
     }
+    assert op["temperature"] == pytest.approx(temperature, rel=1e-5) and op["model_sha256"] is None
     assert op["threshold_lo"] <= op["threshold"] <= op["threshold_hi"]
     assert flat["test.op.threshold_lo"] == pytest.approx(op["threshold_lo"], rel=1e-5)
     assert op["method"] == "target_sensitivity" and 0 < op["threshold"] < 1
@@ -135,6 +156,8 @@ def test_evaluate_writes_outputs(predictions: Path, tmp_path: Path):
             for kind in ("roc", "pr", "calibration", "threshold")
             for s in ("val", "test")
         ),
+        "calibration_val_uncalibrated.csv",
+        "calibration_test_uncalibrated.csv",
         *(f"confusion/{k}.json" for k in ("t050", "t025", "op", "youden")),
         "calibration_ideal.csv",
     }
@@ -231,6 +254,11 @@ def test_infer_matches_predict_proba(model_file: Path, tmp_path: Path):
         images = np.load(processed / f"{split}.npy")
         expected = predict_proba(model.net, images, model.mean, model.std, batch_size=3)
         np.testing.assert_allclose(got.prob.to_numpy(), expected, rtol=0, atol=1e-12)
+        # the logit is the prob's float32 input, stored exactly
+        assert np.array_equal(got.logit.to_numpy(), got.logit.to_numpy().astype(np.float32))
+        np.testing.assert_allclose(apply_temperature(got.logit, 1.0), expected, atol=1e-12)
+    made_by = json.loads((out / "model.json").read_text())
+    assert made_by == {"sha256": model.sha256}
     assert not (tmp_path / "predictions.tmp").exists()
 
 
@@ -260,4 +288,8 @@ def test_infer_then_evaluate_scripts(model_file: Path, tmp_path: Path):
     assert test.patientId.tolist() == [f"test{i}" for i in range(7)]
     metrics = json.loads((tmp_path / "data/detail/eval.json").read_text())
     assert metrics["test"]["n"] == 7 and metrics["val"]["n"] == 5
-    assert (tmp_path / "data/operating_point.json").is_file()
+    op = json.loads((tmp_path / "data/operating_point.json").read_text())
+    # the temperature is fitted for this model.pt, which prediction checks before applying it
+    assert op["model_sha256"] == load_exported(model_file).sha256 and op["temperature"] > 0
+    calibration = json.loads((tmp_path / "data/calibration.json").read_text())
+    assert calibration == {"temperature": op["temperature"], "model_sha256": op["model_sha256"]}

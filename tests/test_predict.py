@@ -23,9 +23,12 @@ from pneumo.deployment import load_model, model_identity, resolve_operating_poin
 from pneumo.file_inference import find_images, load_images, predict_files
 from pneumo.image_io.errors import ImageReadError
 from pneumo.imaging import load_for_model, load_square
-from pneumo.model import load_exported, predict_proba
+from pneumo.model import load_exported, predict_logits, predict_proba
+from pneumo.onnx_export import export_onnx
 from pneumo.preprocessing import build_cache
 from pneumo.results import CAM_PANEL, Failure, Prediction, cam_names
+from pneumo.runtime import apply_temperature
+from pneumo.runtime.onnx_model import load_onnx
 from pneumo.split_schema import PREPROCESS_COLUMNS
 from pneumo.synthetic import generate
 
@@ -150,6 +153,46 @@ def test_cli_reports_the_probability_of_the_preprocessed_cache(
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
 
 
+def test_both_runtimes_apply_the_temperature_evaluate_fitted(
+    images, torch_model_path, tmp_path, capsys
+):
+    """A file predicted alone gets sigmoid(logit / T), evaluate's calibrated probability: on
+    onnxruntime from the file's metadata, on torch from the operating point fitted for it."""
+    files = sorted(images.values())
+    exported = load_exported(torch_model_path)
+    cached = np.stack([load_for_model(f, SIZE, "pad") for f in files])
+    logits = predict_logits(exported.net, cached, exported.mean, exported.std, 4)
+    t = 2.5
+    expected = apply_temperature(logits, t)
+    onnx_file = tmp_path / "calibrated.onnx"
+    export_onnx(exported, onnx_file, temperature=t)
+    assert load_onnx(onnx_file).temperature == t
+    op = tmp_path / "op.json"
+    record = {"threshold": 0.5, "temperature": t, "model_sha256": exported.sha256}
+    op.write_text(json.dumps(record))
+    for model in (onnx_file, torch_model_path):
+        code, out, _ = run_cli(
+            [*files, "--model", model, "--json", "--operating-point", op], capsys
+        )
+        assert code == 0
+        got = [r["prob"] for r in jsonl(out)]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=str(model))
+        # and with a heat map, from the maps' forward pass
+        code, out, _ = run_cli(
+            [*files, "--model", model, "--json", "--operating-point", op, "--cam", tmp_path / "c"],
+            capsys,
+        )
+        np.testing.assert_allclose([r["prob"] for r in jsonl(out)], expected, atol=1e-5)
+    # an operating point fitted for another model.pt: torch does not take its temperature
+    op.write_text(json.dumps(record | {"model_sha256": "0" * 64}))
+    code, out, _ = run_cli(
+        [*files, "--model", torch_model_path, "--json", "--operating-point", op], capsys
+    )
+    uncalibrated = apply_temperature(logits, 1.0)
+    np.testing.assert_allclose([r["prob"] for r in jsonl(out)], uncalibrated, atol=1e-6)
+    assert np.max(np.abs(uncalibrated - expected)) > 1e-3  # so the comparisons could fail
+
+
 def test_batching_and_workers_do_not_change_results(images, model_path):
     model = load_model(model_path)
     files = sorted(images.values())
@@ -209,7 +252,9 @@ def test_json_records_have_stable_keys_and_consistent_decisions(images, model_pa
             "ood_score",
             "out_of_distribution",
             "warning",
+            "prob_sd",
         }
+        assert r["prob_sd"] is None  # one model: no uncertainty (an ensemble's, test_ensemble)
         assert set(r["decisions"]) == {"operating_point", "0.5", "0.25"}
         assert r["decisions"]["0.5"] == (r["prob"] >= 0.5)
         assert r["decisions"]["0.25"] == (r["prob"] >= 0.25)
@@ -221,8 +266,9 @@ def test_json_records_have_stable_keys_and_consistent_decisions(images, model_pa
             "arch",
             "image_size",
             "resize_mode",
+            "members",
         }
-        assert r["model"]["runtime"] == "onnxruntime"
+        assert r["model"]["runtime"] == "onnxruntime" and r["model"]["members"] == 1
         assert len(r["model"]["id"]) == 12 and r["model"]["image_size"] == SIZE
     colour = next(r for r in recs if r["file"].endswith("colour.jpg"))
     assert any("grayscale" in n for n in colour["notes"])

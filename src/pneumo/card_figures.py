@@ -43,19 +43,22 @@ def roc_figure(plots_eval: Path, path: Path) -> None:
 
 
 def calibration_figure(plots_eval: Path, path: Path) -> None:
-    """Reliability diagram (``plots/eval/calibration_<split>.csv``) against the diagonal."""
+    """Reliability diagram (``plots/eval/calibration_<split>.csv``) against the diagonal, after
+    the temperature (markers) and before it (faint, ``calibration_<split>_uncalibrated.csv``)."""
     fig, ax = _figure()
     for split, (colour, style) in SPLIT_STYLE.items():
-        cal = pd.read_csv(plots_eval / f"calibration_{split}.csv")
-        ax.plot(
-            cal["mean_prob"],
-            cal["frac_pos"],
-            color=colour,
-            linestyle=style,
-            marker="o",
-            markersize=3,
-            label=split,
-        )
+        for suffix, alpha, label in (("_uncalibrated", 0.35, " before calibration"), ("", 1, "")):
+            cal = pd.read_csv(plots_eval / f"calibration_{split}{suffix}.csv")
+            ax.plot(
+                cal["mean_prob"],
+                cal["frac_pos"],
+                color=colour,
+                linestyle=style,
+                marker="o",
+                markersize=3,
+                alpha=alpha,
+                label=split + label,
+            )
     ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, label="perfect")
     labels = ("Mean predicted probability (bin)", "Fraction positive", "Calibration")
     _finish(fig, ax, labels, "upper left", path)

@@ -26,6 +26,13 @@ def performance_section(inputs: CardInputs) -> str:
         ["ECE (calibration error)", num(test["ece"]), num(val["ece"])],
         ["log loss", num(test["logloss"]), num(val["logloss"])],
     ]
+    # the probabilities above are calibrated (the temperature fitted on val); these before it
+    t, v = test["uncalibrated"], val["uncalibrated"]
+    free += [
+        [f"{name}, before calibration", num(t[key]), num(v[key])]
+        for key, name in (("brier", "Brier score"), ("ece", "ECE"), ("logloss", "log loss"))
+    ]
+    free.append(["temperature (fitted on val)", num(ev["calibration"]["temperature"]), ""])
     rows = []
     for key in decision_keys(test):
         b = test[key]

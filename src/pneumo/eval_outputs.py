@@ -52,14 +52,16 @@ def plot_data(
     arrays: Mapping[str, tuple[np.ndarray, np.ndarray]],
     decisions: Mapping[str, float],
     calibration_bins: int,
+    uncalibrated: Mapping[str, tuple[np.ndarray, np.ndarray]],
     grid_step: float = 0.01,
 ) -> dict[str, list[dict[str, Any]]]:
     """Plot rows, by file name under plots/eval.
 
-    Per split: ROC, PR, calibration and sensitivity/specificity against threshold; the ideal
-    calibration diagonal as a reference line; ``confusion/<decision>.json`` per decision on test,
-    one row per case (DVC's confusion template counts them), in one folder so that one dvc.yaml
-    entry covers any list of thresholds.
+    Per split: ROC, PR, calibration and sensitivity/specificity against threshold; the
+    calibration of the ``uncalibrated`` probabilities too (the reliability plot shows both); the
+    ideal calibration diagonal as a reference line; ``confusion/<decision>.json`` per decision
+    on test, one row per case (DVC's confusion template counts them), in one folder so that one
+    dvc.yaml entry covers any list of thresholds.
     """
     plots: dict[str, list[dict[str, Any]]] = {}
     grid = np.round(np.arange(0.0, 1.0 + grid_step / 2, grid_step), 10)
@@ -72,15 +74,13 @@ def plot_data(
         plots[f"pr_{name}.csv"] = _rows(
             recall=recall[-2::-1], precision=precision[-2::-1], threshold=thr[::-1]
         )
-        cal = calibration_table(y, p, calibration_bins)
-        used = cal["count"] > 0
-        plots[f"calibration_{name}.csv"] = _rows(
-            mean_prob=cal["mean_prob"][used], frac_pos=cal["frac_pos"][used], n=cal["count"][used]
-        )
+        plots[f"calibration_{name}.csv"] = _calibration_rows(y, p, calibration_bins)
         pred = p[None, :] >= grid[:, None]
         sens = (pred & (y == 1)).sum(axis=1) / y.sum()
         spec = (~pred & (y == 0)).sum(axis=1) / (len(y) - y.sum())
         plots[f"threshold_{name}.csv"] = _rows(threshold=grid, sensitivity=sens, specificity=spec)
+    for name, (y, p) in uncalibrated.items():
+        plots[f"calibration_{name}_uncalibrated.csv"] = _calibration_rows(y, p, calibration_bins)
     plots["calibration_ideal.csv"] = _rows(
         mean_prob=np.array([0.0, 1.0]), frac_pos=np.array([0.0, 1.0])
     )
@@ -91,6 +91,14 @@ def plot_data(
             for a, b in zip(y, p >= t, strict=True)
         ]
     return plots
+
+
+def _calibration_rows(y: np.ndarray, p: np.ndarray, n_bins: int) -> list[dict[str, Any]]:
+    cal = calibration_table(y, p, n_bins)
+    used = cal["count"] > 0
+    return _rows(
+        mean_prob=cal["mean_prob"][used], frac_pos=cal["frac_pos"][used], n=cal["count"][used]
+    )
 
 
 def _rows(**columns: np.ndarray) -> list[dict[str, Any]]:

@@ -2,8 +2,10 @@
 checked on the test split against the probabilities the evaluate stage's figures come from, and
 each carrying its out-of-distribution statistics (:mod:`pneumo.ood`).
 
-The float file must agree with torch to ``export.max_prob_diff`` on every test image, or the
-stage fails and writes nothing: a prediction on onnxruntime is then the prediction the metrics
+Each file carries the temperature evaluate fitted (``data/calibration.json``), and the
+probabilities compared are the calibrated ones, sigmoid(logit / T), from the infer stage's
+logits. The float file must agree with torch to ``export.max_prob_diff`` on every test image, or
+the stage fails and writes nothing: a prediction on onnxruntime is then the prediction the metrics
 describe. An int8 file is approximate by nature: its largest difference and its test AUROC go to
 ``metrics/export.json`` beside the float file's, for the reader to judge.
 
@@ -23,12 +25,14 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pneumo.atomic import atomic_dir
+from pneumo.calibration import read_calibration
 from pneumo.layout import INT8_MODEL, ONNX_MODEL
-from pneumo.model import load_exported
+from pneumo.model import Exported, load_exported
 from pneumo.onnx_export import export_onnx, save_onnx, set_metadata
 from pneumo.ood import OodStats, fit
 from pneumo.ood_sets import KINDS, generated
 from pneumo.quantization import calibration_rows, quantize
+from pneumo.runtime import apply_temperature
 from pneumo.runtime.onnx_model import load_onnx, ood_metadata
 from pneumo.scores import threshold_free
 
@@ -40,8 +44,10 @@ class ExportError(RuntimeError):
     """The ONNX model does not reproduce the torch model's test probabilities."""
 
 
-def reference(processed: Path, predictions: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(test images, targets, torch probabilities) in the processed row order."""
+def reference(
+    processed: Path, predictions: Path, temperature: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(test images, targets, torch's calibrated probabilities) in the processed row order."""
     index = pd.read_csv(processed / "test.csv", dtype={"patientId": str})
     preds = pd.read_csv(predictions / "test.csv", dtype={"patientId": str})
     if not index["patientId"].equals(preds["patientId"]):
@@ -50,7 +56,19 @@ def reference(processed: Path, predictions: Path) -> tuple[np.ndarray, np.ndarra
             "run `dvc repro infer`"
         )
     images = np.load(processed / "test.npy", mmap_mode="r")
-    return images, preds["target"].to_numpy(), preds["prob"].to_numpy(dtype=np.float64)
+    calibrated = apply_temperature(preds["logit"].to_numpy(dtype=np.float64), temperature)
+    return images, preds["target"].to_numpy(), calibrated
+
+
+def fitted_temperature(calibration: Path, model: Exported) -> float:
+    """The temperature evaluate fitted for ``model`` (its calibration file)."""
+    temperature, sha256 = read_calibration(calibration)
+    if sha256 != model.sha256:
+        raise ExportError(
+            f"{calibration} holds a temperature fitted for another model.pt than "
+            f"{model.sha256[:12]}: run `dvc repro evaluate`"
+        )
+    return temperature
 
 
 def add_ood(path: Path, processed: Path, quantile: float) -> OodStats:
@@ -93,15 +111,21 @@ def compare(
 
 
 def run(
-    model_path: Path, processed: Path, predictions: Path, out_dir: Path, params: Any
+    model_path: Path,
+    processed: Path,
+    predictions: Path,
+    calibration: Path,
+    out_dir: Path,
+    params: Any,
 ) -> dict[str, Any]:
     """Write ``out_dir`` (``model.onnx``, and ``model.int8.onnx`` unless ``params.int8`` is
     none) whole or not at all; the metrics of ``metrics/export.json``."""
     model = load_exported(model_path)
-    images, targets, torch_prob = reference(processed, predictions)
+    temperature = fitted_temperature(calibration, model)
+    images, targets, torch_prob = reference(processed, predictions, temperature)
     metrics: dict[str, Any] = {}
     with atomic_dir(out_dir) as tmp:
-        export_onnx(model, tmp / ONNX_NAME)
+        export_onnx(model, tmp / ONNX_NAME, temperature)
         add_ood(tmp / ONNX_NAME, processed, params.ood_quantile)
         metrics["onnx"] = compare(tmp / ONNX_NAME, images, targets, torch_prob, params)
         del metrics["onnx"]["test_auroc"]  # evaluate's, to float rounding: not a second headline

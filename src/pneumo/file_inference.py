@@ -204,6 +204,7 @@ def _run_window(
             image=item.square.image if keep else None,
             cam_map=out.maps[j] if keep else None,
             gate=item.gate,
+            prob_sd=None if out.sd is None else float(out.sd[j]),
             **ood_fields(model, out, j),
         )
         j += 1
@@ -268,6 +269,7 @@ class Predictor:
             float(out.probs[0]),
             sq.notes + admission.notes,
             gate=admission.gate,
+            prob_sd=None if out.sd is None else float(out.sd[0]),
             **ood_fields(self.model, out, 0),
         )
         rec = record(pred, self.op, self.identity, warning=self.warning)

@@ -5,8 +5,8 @@ and the few figures a reviewer compares to ``metrics/<stage>.json``, the top-lev
 of dvc.yaml. A headline keeps the detail's key paths (``test.auroc``, ``test.op.recall``), so a
 figure has one name in both files, in every commit before and after the split into two files.
 
-At most ``MAX_KEYS`` keys in all: with the default two thresholds, 14 (evaluate) + 5 (cam) +
-3 (train) + 3 (export; 6 with an int8 model) = 25 (28). The README's "Results" says why these.
+At most ``MAX_KEYS`` keys in all: with the default two thresholds, 16 (evaluate) + 5 (cam) +
+3 (train) + 3 (export; 6 with an int8 model) = 27 (30). The README's "Results" says why these.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 MAX_KEYS = 30  # issue 13: `dvc metrics show` readable in one screen
 # test split, threshold-free: count, AUROC with its 95 % bootstrap interval, ranking of the
-# positives (AUPRC), calibration (Brier, ECE)
+# positives (AUPRC), calibration (Brier, ECE) after the temperature; test.uncalibrated.ece before
 EVAL_FIGURES = ("n", "auroc", "auroc_lo", "auroc_hi", "auprc", "brier", "ece")
 DECISION_FIGURES = ("recall", "specificity")  # at each fixed threshold and the operating point
 HEADLINE_DECISIONS_SKIP = ("youden",)  # a second chosen threshold: in the detail only
@@ -30,16 +30,18 @@ def decision_keys(split: Mapping[str, Any]) -> list[str]:
 
 
 def eval_headline(detail: Mapping[str, Any]) -> dict[str, Any]:
-    """Test figures of the evaluate stage's detail: threshold-free ones, then sensitivity and
-    specificity per fixed threshold and at the operating point (with its threshold)."""
+    """Test figures of the evaluate stage's detail: threshold-free ones (of the calibrated
+    probabilities, and the ECE before calibration), then sensitivity and specificity per fixed
+    threshold and at the operating point (with its threshold); and the temperature."""
     test = detail["test"]
     out: dict[str, Any] = {k: test[k] for k in EVAL_FIGURES}
+    out["uncalibrated"] = {"ece": test["uncalibrated"]["ece"]}
     for key in decision_keys(test):
         if key in HEADLINE_DECISIONS_SKIP:
             continue
         block = {"threshold": test[key]["threshold"]} if key == "op" else {}
         out[key] = block | {k: test[key][k] for k in DECISION_FIGURES}
-    return {"test": out}
+    return {"test": out, "calibration": {"temperature": detail["calibration"]["temperature"]}}
 
 
 def cam_headline(detail: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,10 +18,22 @@ INT8_MODEL = EXPORT_DIR / "model.int8.onnx"  # only with export.int8 other than 
 EXPORT_METRICS = Path("metrics/export.json")
 PREDICTIONS = Path("data/predictions")
 OPERATING_POINT = Path("data/operating_point.json")
+CALIBRATION = Path("data/calibration.json")  # evaluate's temperature, which export stores
+CV_DIR = Path("data/cv")  # cv.folds > 1: data/cv/fold<f>/ per fold (pneumo.cv)
+CV_OPERATING_POINT = Path("data/cv_operating_point.json")  # the fold ensemble's threshold
+
+
+def cv_fold_dir(fold: int) -> Path:
+    """Where cross-validation fold ``fold`` writes (``dvc.yaml``: ``data/cv/fold${item.fold}``)."""
+    return CV_DIR / f"fold{fold}"
+
 
 # data/predictions/<split>.csv: the splits infer scores and the columns evaluate and cam read
 PREDICTED_SPLITS = ("val", "test")
-PREDICTION_COLUMNS = ("patientId", "target", "prob", "view", "sex", "age", "class")
+# (prob is the network's sigmoid, uncalibrated; logit its float32 input, which evaluate's
+# temperature divides: pneumo.calibration)
+PREDICTION_COLUMNS = ("patientId", "target", "prob", "logit", "view", "sex", "age", "class")
+PREDICTIONS_MODEL = "model.json"  # beside them: the sha256 of the model.pt that made them
 
 # The headline figures (the top-level `metrics:` of dvc.yaml, what `dvc metrics diff` prints) and
 # the detail behind them: every interval, subgroup, count and val, read by the model card. The

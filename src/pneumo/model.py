@@ -251,14 +251,27 @@ def normalize(images: np.ndarray | torch.Tensor, mean: float, std: float) -> tor
 
 
 @torch.no_grad()
+def predict_logits(
+    net: nn.Module, images: np.ndarray, mean: float, std: float, batch_size: int
+) -> np.ndarray:
+    """Logits (float32, (N,)) for uint8 images (N, S, S); memmaps are read in batches."""
+    net.eval()
+    out = np.empty(len(images), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = np.ascontiguousarray(images[start : start + batch_size])
+        out[start : start + len(batch)] = net(normalize(batch, mean, std)).squeeze(1).numpy()
+    return out
+
+
 def predict_proba(
     net: nn.Module, images: np.ndarray, mean: float, std: float, batch_size: int
 ) -> np.ndarray:
-    """Probabilities (float64, (N,)) for uint8 images (N, S, S); memmaps are read in batches."""
-    net.eval()
-    out = np.empty(len(images), dtype=np.float64)
-    for start in range(0, len(images), batch_size):
-        batch = np.ascontiguousarray(images[start : start + batch_size])
-        logits = net(normalize(batch, mean, std)).squeeze(1)
-        out[start : start + len(batch)] = torch.sigmoid(logits.double()).numpy()
-    return out
+    """Probabilities (float64, (N,)) for uint8 images (N, S, S): sigmoid of the logits in
+    float64, as torch computes it (uncalibrated: ``pneumo.calibration``)."""
+    return probabilities(predict_logits(net, images, mean, std, batch_size))
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """float64 sigmoid of float32 logits, in torch: the infer stage's probabilities, the bytes
+    they were before logits were stored beside them."""
+    return torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float32)).double()).numpy()

@@ -4,7 +4,8 @@ The graph takes the standardised batch ``image`` (B, 1, S, S), B dynamic, and gi
 ``logit`` (B,) and ``features`` (B, C, h, w), the last feature maps, so a class activation map
 (the head's weights times those maps) needs no torch either. Everything else prediction needs is
 in the file's metadata: the preprocessing contract (size, resize mode, mean, std), the head's
-weights, the sha256 of the ``model.pt`` it was made from and that file's provenance.
+weights, the temperature (``pneumo.calibration``), the sha256 of the ``model.pt`` it was made
+from and that file's provenance.
 
 torch's dynamo exporter writes the graph; the same model gives the same bytes.
 """
@@ -37,7 +38,7 @@ class _LogitAndFeatures(nn.Module):
         return self.head(acts.mean(dim=(2, 3))).reshape(-1), acts
 
 
-def metadata(model: Exported) -> dict[str, str]:
+def metadata(model: Exported, temperature: float) -> dict[str, str]:
     """The ONNX file's metadata: what :mod:`pneumo.runtime.onnx_model` needs besides the graph."""
     _, head = split_network(model.net, model.arch)
     return {
@@ -50,13 +51,14 @@ def metadata(model: Exported) -> dict[str, str]:
         "last_stride": str(model.last_stride),
         "head_weight": encode_floats(head.weight.detach().cpu().numpy().reshape(-1)),
         "head_bias": encode_floats(head.bias.detach().cpu().numpy().reshape(-1)),
+        "temperature": repr(float(temperature)),  # P = sigmoid(logit / temperature)
         "source_sha256": model.sha256,
         "provenance": json.dumps(model.provenance, sort_keys=True),
         "quantization": "none",
     }
 
 
-def to_onnx(model: Exported):  # -> onnx.ModelProto
+def to_onnx(model: Exported, temperature: float):  # -> onnx.ModelProto
     """The exported graph of ``model`` with its metadata (an ``onnx.ModelProto``)."""
     import onnx
 
@@ -74,11 +76,12 @@ def to_onnx(model: Exported):  # -> onnx.ModelProto
     )
     proto = program.model_proto
     proto.doc_string = (
-        f"{model.arch} pneumonia classifier: P(pneumonia) = sigmoid({LOGIT}); CAM = head_weight "
-        f"x {FEATURES}. Input {INPUT}: (B, 1, {model.image_size}, {model.image_size}) float32, "
-        f"(uint8 / 255 - mean) / std after a {model.resize_mode} to a square."
+        f"{model.arch} pneumonia classifier: P(pneumonia) = sigmoid({LOGIT} / temperature); "
+        f"CAM = head_weight x {FEATURES}. Input {INPUT}: (B, 1, {model.image_size}, "
+        f"{model.image_size}) float32, (uint8 / 255 - mean) / std after a {model.resize_mode} "
+        "to a square."
     )
-    set_metadata(proto, metadata(model))
+    set_metadata(proto, metadata(model, temperature))
     onnx.checker.check_model(proto)
     return proto
 
@@ -97,6 +100,7 @@ def save_onnx(proto, path: str | Path) -> None:
     write_bytes(path, proto.SerializeToString(deterministic=True))
 
 
-def export_onnx(model: Exported, out: str | Path) -> None:
-    """Export a loaded model file (:func:`pneumo.model.load_exported`) to ``out``."""
-    save_onnx(to_onnx(model), out)
+def export_onnx(model: Exported, out: str | Path, temperature: float = 1.0) -> None:
+    """Export a loaded model file (:func:`pneumo.model.load_exported`) to ``out``, with the
+    temperature evaluate fitted for it (1.0: uncalibrated)."""
+    save_onnx(to_onnx(model, temperature), out)

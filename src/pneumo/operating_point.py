@@ -29,10 +29,13 @@ class OperatingPointError(ValueError):
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """The decision threshold and where it came from (reported with every decision)."""
+    """The decision threshold and where it came from (reported with every decision); from
+    evaluate's file also the temperature its threshold is on and the model it was fitted for."""
 
     threshold: float
     source: str
+    temperature: float | None = None  # None: a --threshold, the fallback or an older file
+    model_sha256: str | None = None  # of the model.pt whose val logits the temperature fits
 
 
 def operating_point_record(
@@ -74,7 +77,15 @@ def read_operating_point(path: Path) -> OperatingPoint:
     threshold = check_threshold(data.get("threshold"), str(path))
     target = data.get("target_sensitivity")
     how = f", target sensitivity {target}" if isinstance(target, (int, float)) else ""
-    return OperatingPoint(threshold, f"{path}{how}")
+    temperature = data.get("temperature")
+    if temperature is not None and not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise OperatingPointError(f"{path}: temperature must be a positive number")
+    return OperatingPoint(
+        threshold,
+        f"{path}{how}",
+        None if temperature is None else float(temperature),
+        data.get("model_sha256"),
+    )
 
 
 def operating_point_or_fallback(path: Path) -> tuple[OperatingPoint, str | None]:

@@ -199,6 +199,30 @@ class ExportParams(_Section):
     ood_images: PosInt  # generated non-chest images per kind for the metric
 
 
+class CvParams(_Section):
+    """Cross-validation: ``folds`` = 1 is the single model only. DVC's ``matrix`` expands lists
+    and cannot count, so k > 1 also needs ``fold_ids`` = [0, ..., k-1] and ``ensemble`` =
+    [mean] (both empty with 1 fold: then no cv stage exists at all)."""
+
+    folds: PosInt
+    fold_ids: list[NonNegInt]  # the cv_fold stage's matrix
+    ensemble: list[Literal["mean"]]  # the cv_aggregate stage's foreach: one entry or none
+    seed: NonNegInt  # the fold assignment's shuffle
+
+    @model_validator(mode="after")
+    def _lists_match_folds(self) -> CvParams:
+        want_ids = list(range(self.folds)) if self.folds > 1 else []
+        want_ensemble = ["mean"] if self.folds > 1 else []
+        if self.fold_ids != want_ids or self.ensemble != want_ensemble:
+            ids, ensemble = ",".join(map(str, want_ids)), ",".join(want_ensemble)
+            raise ValueError(
+                f"with folds = {self.folds}, fold_ids must be [{ids}] and ensemble [{ensemble}] "
+                f"(got {self.fold_ids} and {self.ensemble}): dvc exp run -S cv.folds="
+                f"{self.folds} -S 'cv.fold_ids=[{ids}]' -S 'cv.ensemble=[{ensemble}]'"
+            )
+        return self
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "data": DataParams,
     "split": SplitParams,
@@ -207,6 +231,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "evaluate": EvaluateParams,
     "cam": CamParams,
     "export": ExportParams,
+    "cv": CvParams,
 }
 
 

@@ -39,6 +39,7 @@ class Prediction:
     gate: str = PASSED  # the intended-use gate's verdict: passed, no header or off
     ood_score: float | None = None  # pneumo.ood's distance; None without statistics
     out_of_distribution: bool | None = None  # the score above the export's threshold
+    prob_sd: float | None = None  # the ensemble members' sd; None for one model (no invention)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def record(
     return {
         "file": pred.file,
         "prob": pred.prob,
+        "prob_sd": pred.prob_sd,
         "positive": bool(pred.prob >= op.threshold),
         "threshold": op.threshold,
         "threshold_source": op.source,

@@ -31,6 +31,7 @@ class ModelIdentity(BaseModel):
     arch: str
     image_size: int = Field(description="side of the square image the model reads, in pixels")
     resize_mode: str = Field(description="how the image was brought to a square: pad, crop, ...")
+    members: int = Field(description="models whose mean prob is: 1, or an ensemble's k folds")
 
 
 class LoadedModel(ModelIdentity):
@@ -55,6 +56,10 @@ class Record(BaseModel):
 
     file: str = Field(description="the uploaded file's name (its last component only)")
     prob: float = Field(ge=0, le=1, description="the model's probability of pneumonia")
+    prob_sd: float | None = Field(
+        description="with an ensemble (model.members), the sd of the members' probabilities, "
+        "prob being their mean: how much the fold models disagree; null for one model"
+    )
     positive: bool = Field(description="prob >= threshold: the decision at the operating point")
     threshold: float = Field(description="the operating point's decision threshold")
     threshold_source: str = Field(description="where the threshold comes from")

@@ -1,5 +1,7 @@
-"""The infer stage's work: the exported model's probabilities for the processed val and test
-arrays, one batched, gradient-free pass each, written as data/predictions/<split>.csv."""
+"""The infer stage's work: the exported model's logits and probabilities for the processed val
+and test arrays, one batched, gradient-free pass each, written as data/predictions/<split>.csv,
+with the sha256 of the model that made them in data/predictions/model.json (evaluate writes it
+beside the temperature it fits, so that prediction applies T to this model only)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumo.atomic import atomic_dir
-from pneumo.layout import PREDICTED_SPLITS, PREDICTION_COLUMNS
-from pneumo.model import Exported, load_exported, predict_proba
+from pneumo.atomic import atomic_dir, write_json
+from pneumo.layout import PREDICTED_SPLITS, PREDICTION_COLUMNS, PREDICTIONS_MODEL
+from pneumo.model import Exported, load_exported, predict_logits, probabilities
 from pneumo.progress import track_batches
 
 CHUNK_BATCHES = 8  # batches between two progress updates
@@ -35,11 +37,13 @@ def predict_split(
     # in chunks of whole batches, so each batch (and each probability) is what one call gives
     step = batch_size * CHUNK_BATCHES
     parts = [
-        predict_proba(model.net, images[chunk], model.mean, model.std, batch_size)
+        predict_logits(model.net, images[chunk], model.mean, model.std, batch_size)
         for chunk in track_batches(len(images), step, f"infer: {Path(source).name}", "images")
     ]
-    prob = np.concatenate(parts) if parts else np.empty(0)
-    return index.assign(prob=prob)[list(PREDICTION_COLUMNS)]
+    logit = np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+    return index.assign(prob=probabilities(logit), logit=logit.astype(np.float64))[
+        list(PREDICTION_COLUMNS)
+    ]
 
 
 def run(model_path: Path, processed: Path, out_dir: Path, batch_size: int) -> None:
@@ -59,3 +63,4 @@ def run(model_path: Path, processed: Path, out_dir: Path, batch_size: int) -> No
             index = pd.read_csv(processed / f"{split}.csv", dtype=str, keep_default_na=False)
             rows = predict_split(model, images, index, batch_size, str(processed / split))
             rows.to_csv(tmp / f"{split}.csv", index=False)
+        write_json(tmp / PREDICTIONS_MODEL, {"sha256": model.sha256})

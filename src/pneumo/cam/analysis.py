@@ -100,7 +100,7 @@ def _tune(
     (the lowest candidate on ties), from per-image IoUs (rows x thresholds)."""
     mean_iou = ious.mean(axis=0)
     best = int(np.argmax(mean_iou))
-    miou = gated_ious(data.probs, rows, ious[:, best], gates).mean(axis=1)
+    miou = gated_ious(data.decisions(), rows, ious[:, best], gates).mean(axis=1)
     g = int(np.argmax(miou))
     return {
         "threshold": float(candidates[best]),
@@ -180,7 +180,7 @@ def analyse(
     size = test.images.shape[1]
     if model.image_size != size:
         raise ValueError(f"the model expects {model.image_size} px images, test.npy has {size} px")
-    groups = select_cases(test.probs, test.targets, decision_threshold, k)
+    groups = select_cases(test.decisions(), test.targets, decision_threshold, k)
     scored_rows = _scored_rows(test)
     scored = set(scored_rows)
     wanted = {int(i) for g in groups.values() for i in g}
@@ -210,7 +210,10 @@ def analyse(
         for key in SCORE_KEYS:  # under the headline's names: cam.* is the configured method
             per_image[f"{prefix}.{key}"] = per_image.get(_key(kind, key), [])
         gated = gated_ious(
-            test.probs, scored_rows, np.asarray(per_image[f"{prefix}.iou"]), [tuning.gates[kind]]
+            test.decisions(),
+            scored_rows,
+            np.asarray(per_image[f"{prefix}.iou"]),
+            [tuning.gates[kind]],
         )[0]
         per_image[f"{prefix}.miou_gated"] = list(gated)
     metrics = {

@@ -181,7 +181,7 @@ def write_gallery(out_dir: Path, result: CamResult, test: CamInputs, alpha: floa
                 image=np.asarray(test.images[i]),
                 cam_map=result.maps[int(i)],
                 boxes=test.boxes[i],
-                caption=caption(test.patient_ids[i], test.probs[i], test.targets[i]),
+                caption=caption(test.patient_ids[i], test.decisions()[i], test.targets[i]),
             )
             for i in rows
         ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,20 @@ class CamInputs:
     patient_ids: list[str]
     targets: np.ndarray  # int (N,)
     boxes: list[np.ndarray]  # (K, 4) per row, S frame
-    probs: np.ndarray  # float64 (N,) from the predictions file
+    probs: np.ndarray  # float64 (N,) from the predictions file: the network's, uncalibrated
+    logits: np.ndarray  # float64 (N,) from the predictions file
+    # what decisions use: the probabilities on the operating point's (calibrated) scale
+    decision_probs: np.ndarray | None = None
+
+    def calibrated(self, temperature: float) -> CamInputs:
+        """These inputs with ``decision_probs`` = sigmoid(logit / temperature) (evaluate's T)."""
+        from pneumo.runtime import apply_temperature
+
+        return replace(self, decision_probs=apply_temperature(self.logits, temperature))
+
+    def decisions(self) -> np.ndarray:
+        """The probabilities decisions are made on (``probs`` before :meth:`calibrated`)."""
+        return self.probs if self.decision_probs is None else self.decision_probs
 
 
 def read_predicted_split(processed_dir: Path, predictions_csv: Path, split: str) -> CamInputs:
@@ -32,7 +45,7 @@ def read_predicted_split(processed_dir: Path, predictions_csv: Path, split: str)
     if images.ndim != 3 or images.dtype != np.uint8 or images.shape[1] != images.shape[2]:
         raise ValueError(f"{npy}: expected uint8 (N, S, S), got {images.dtype} {images.shape}")
     index = _read_csv(csv, ["patientId", "target", "boxes"])
-    preds = _read_csv(predictions_csv, ["patientId", "prob"])
+    preds = _read_csv(predictions_csv, ["patientId", "prob", "logit"])
     if len(index) != len(images):
         raise ValueError(f"{csv} has {len(index)} rows but {npy} has {len(images)} images")
     if (
@@ -56,6 +69,7 @@ def read_predicted_split(processed_dir: Path, predictions_csv: Path, split: str)
         targets=index["target"].to_numpy(dtype=np.int64),
         boxes=boxes,
         probs=probs,
+        logits=preds["logit"].to_numpy(dtype=np.float64),
     )
 
 

@@ -1,6 +1,7 @@
 """The model as prediction runs it: on onnxruntime (the default, no torch) or on torch.
 
-Both runtimes give an ``InferenceModel``: the preprocessing contract the model was trained with
+Both runtimes give an ``InferenceModel`` (and so does an ensemble of them,
+``pneumo.runtime.ensemble``): the preprocessing contract the model was trained with
 (size, resize mode, mean, std), who it is (the loaded file's sha256 and that of the trained
 ``model.pt`` it came from, its provenance) and one call, ``predict``, from uint8 images to
 probabilities and, when asked, class activation maps. ``pneumo.deployment`` loads one;
@@ -31,6 +32,7 @@ class Outputs:
     probs: np.ndarray  # (B,) float64
     maps: np.ndarray | None  # (B, S, S) float32 in [0, 1], when a CAM method was asked for
     ood: np.ndarray | None  # (B,) out-of-distribution scores, when the model carries statistics
+    sd: np.ndarray | None = None  # (B,) the members' sd of an ensemble; None for one model
 
 
 class InferenceModel(Protocol):
@@ -73,3 +75,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     """float64 probabilities of logits, without overflow at either end."""
     z = np.asarray(logits, dtype=np.float64)
     return np.exp(-np.logaddexp(0.0, -z))
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """float64 probabilities sigmoid(logits / temperature): the calibrated probability, computed
+    by this one formula in evaluate, export and both runtimes (``pneumo.calibration`` fits T)."""
+    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature)

@@ -1,8 +1,10 @@
 """An exported ONNX model on onnxruntime: prediction and heat maps without torch.
 
 The file is the export stage's (``pneumo.onnx_export``): a graph from the standardised batch to
-the logit and the last feature maps, with the preprocessing contract, the head's weights and the
-trained model's identity in its metadata. This module imports onnxruntime and NumPy only.
+the logit and the last feature maps, with the preprocessing contract, the head's weights, the
+temperature (``pneumo.calibration``) and the trained model's identity in its metadata. Every
+probability it gives is the calibrated one, sigmoid(logit / temperature), as evaluate scored.
+This module imports onnxruntime and NumPy only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from pneumo.cam.head import head_maps
 from pneumo.ood import OodStats, pool
-from pneumo.runtime import ONNXRUNTIME, Outputs, normalize, sigmoid
+from pneumo.runtime import ONNXRUNTIME, Outputs, apply_temperature, normalize
 
 FORMAT_VERSION = "1"  # of the metadata below (pneumo.onnx_export writes it)
 INPUT, LOGIT, FEATURES = "image", "logit", "features"  # the graph's names
@@ -92,6 +94,7 @@ class OnnxModel:
     head_weight: np.ndarray  # (C,) float32: the logit's weights over the feature maps
     quantization: str  # none | static | dynamic
     ood: OodStats | None  # the export stage's out-of-distribution statistics (pneumo.ood)
+    temperature: float  # the logit's divisor (1.0: uncalibrated, a file from before it)
     runtime: str = ONNXRUNTIME
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +111,7 @@ class OnnxModel:
         """Probabilities, maps (with ``cam_method``) and out-of-distribution scores."""
         logits, features = self.run(images)
         return Outputs(
-            sigmoid(logits),
+            apply_temperature(logits, self.temperature),
             head_maps(features, self.head_weight, cam_method, self.image_size)
             if cam_method is not None
             else None,
@@ -123,12 +126,13 @@ class OnnxModel:
         return out.probs, out.maps
 
     def scan(self, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities (N,) float64, pooled last features (N, C)) of uint8 images (N, S, S),
-        in batches (memmaps welcome): what the export stage checks and fits its statistics on."""
+        """(calibrated probabilities (N,) float64, pooled last features (N, C)) of uint8 images
+        (N, S, S), in batches (memmaps welcome): what the export stage checks and fits its
+        statistics on."""
         probs, pooled = [], []
         for start in range(0, len(images), batch_size):
             logits, features = self.run(np.ascontiguousarray(images[start : start + batch_size]))
-            probs.append(sigmoid(logits))
+            probs.append(apply_temperature(logits, self.temperature))
             pooled.append(pool(features))
         return np.concatenate(probs), np.concatenate(pooled)
 
@@ -170,4 +174,5 @@ def load_onnx(path: str | Path, threads: int = 0) -> OnnxModel:
         head_weight=decode_floats(meta["head_weight"]),
         quantization=meta.get("quantization", "none"),
         ood=ood_from_metadata(meta),
+        temperature=float(meta.get("temperature", "1.0")),
     )
