@@ -458,6 +458,10 @@ def test_stitched_maps_interleave_the_moved_grids_into_a_finer_one():
     np.testing.assert_allclose(
         both["gradcam++"], compute_maps(net, "resnet18", x, "gradcam++", 2)[1]
     )
+    # and the one-pass maps of the unmoved image come free beside them
+    _, withone = stitched_maps(net, "resnet18", x, ("cam",), stitch=2, single=True)
+    assert set(withone) == {"cam", "cam/single"}
+    np.testing.assert_allclose(withone["cam/single"], maps0, atol=1e-6)
 
 
 def test_stitch_offsets_refuse_what_does_not_divide_the_stride():

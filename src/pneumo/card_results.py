@@ -120,6 +120,14 @@ def subgroups_section(inputs: CardInputs) -> str:
     )
 
 
+def _map_label(kind: str, stitch: int) -> str:
+    """A method-table row's name: the method, and how its maps were made."""
+    method, _, single = kind.partition("/")
+    return (
+        f"{method}, one pass" if single or stitch == 1 else f"{method}, {stitch} x {stitch} stitch"
+    )
+
+
 def localisation_section(inputs: CardInputs) -> str:
     """The CAM scores against the radiologists' boxes, the centred baseline's, the thumbnails."""
     c = inputs.cam
@@ -136,7 +144,7 @@ def localisation_section(inputs: CardInputs) -> str:
     )
     methods = [
         [
-            name + (" (reported)" if name == c["method"] else ""),
+            _map_label(name, c["stitch"]) + (" (reported)" if name == c["method"] else ""),
             num(m["map_threshold"], 1),
             num(m["val_iou"]),
             *(num(m[key]) for key in CAM_SCORES),

@@ -28,7 +28,7 @@ from pneumo.cam.gallery import select_cases
 from pneumo.cam.head import METHODS
 from pneumo.cam.inputs import CamInputs
 from pneumo.cam.localization import SCORE_KEYS, gaussian_map, iou_dice, pearson, score_map
-from pneumo.cam.maps import compute_maps, stitched_maps
+from pneumo.cam.maps import SINGLE, compute_maps, stitched_maps
 from pneumo.model import Exported, build_network, normalize
 from pneumo.progress import track_batches
 
@@ -133,12 +133,12 @@ def tune_on_val(
     if not rows:
         raise ValueError("no validation positive has a box: cannot tune the map threshold")
     baseline = gaussian_map(val.images.shape[1])
-    kinds = (*METHODS, "baseline")
+    kinds = (*map_kinds(stitch), "baseline")
     ious = {k: np.zeros((len(rows), len(candidates))) for k in kinds}
     for batch in track_batches(len(rows), batch_size, "cam: tune on val", "images"):
         idx = rows[batch]
         x = normalize(np.ascontiguousarray(val.images[idx]), model.mean, model.std)
-        probs, maps = stitched_maps(model.net, model.arch, x, METHODS, stitch)
+        probs, maps = stitched_maps(model.net, model.arch, x, METHODS, stitch, single=True)
         _check_probs(probs, val, idx)
         for j in range(len(idx)):
             pos = batch.start + j
@@ -193,13 +193,13 @@ def analyse(
     for batch in track_batches(len(rows), batch_size, "cam: test maps", "images"):
         idx = rows[batch]
         x = normalize(np.ascontiguousarray(test.images[idx]), model.mean, model.std)
-        probs, by_method = stitched_maps(model.net, model.arch, x, METHODS, stitch)
+        probs, by_method = stitched_maps(model.net, model.arch, x, METHODS, stitch, single=True)
         _check_probs(probs, test, idx)
         keep = [j for j, i in enumerate(idx) if i in scored]
         rand_maps = compute_maps(rand, model.arch, x[keep], method, stitch)[1] if keep else []
         for j, rand_map in zip(keep, rand_maps, strict=True):
             boxes = test.boxes[idx[j]]
-            kinds = {**{m: by_method[m][j] for m in METHODS}, "baseline": baseline}
+            kinds = {**{m: by_method[m][j] for m in map_kinds(stitch)}, "baseline": baseline}
             for kind, m in kinds.items():
                 scores = score_map(m, boxes, threshold=tuning.thresholds[kind], tolerance=tolerance)
                 for key, v in scores.items():
@@ -227,7 +227,7 @@ def analyse(
         "decision_threshold": round(decision_threshold, 6),
         "n_gated_images": len(test.probs),
         **summarize(per_image, len(scored), bootstrap=bootstrap, seed=seed),
-        "methods": _method_table(per_image, tuning),
+        "methods": _method_table(per_image, tuning, stitch),
     }
     return CamResult(metrics=metrics, groups=groups, maps=maps)
 
@@ -237,10 +237,16 @@ def _key(kind: str, score: str) -> str:
     return f"by_kind/{kind}/{score}"
 
 
-def _method_table(per_image: dict[str, list[float]], tuning: Tuning) -> dict[str, Any]:
-    """Per method: its val-tuned threshold, its val IoU there, and its mean test scores."""
+def map_kinds(stitch: int) -> tuple[str, ...]:
+    """The maps scored: every method stitched, and (stitch > 1) every method in one pass."""
+    return (*METHODS, *(m + SINGLE for m in METHODS)) if stitch > 1 else METHODS
+
+
+def _method_table(per_image: dict[str, list[float]], tuning: Tuning, stitch: int) -> dict[str, Any]:
+    """Per map kind (method, or ``method/single`` beside a stitch): its val-tuned threshold,
+    its val IoU there, and its mean test scores."""
     out: dict[str, Any] = {}
-    for m in METHODS:
+    for m in map_kinds(stitch):
         t = tuning.table[m]
         row = {"map_threshold": t["threshold"], "val_iou": round(t["val_iou"], 6)}
         for key in SCORE_KEYS:

@@ -126,8 +126,16 @@ def stitch_offsets(size: int, grid: int, stitch: int) -> tuple[int, ...]:
     return tuple((stride - step) // 2 - step * m for m in range(stitch))
 
 
+SINGLE = "/single"  # stitched_maps(single=True): the key suffix of a method's one-pass maps
+
+
 def stitched_maps(
-    net: nn.Module, arch: str, x: torch.Tensor, methods: Sequence[Method], stitch: int = 1
+    net: nn.Module,
+    arch: str,
+    x: torch.Tensor,
+    methods: Sequence[Method],
+    stitch: int = 1,
+    single: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Probabilities (B,) float64 and, per method, maps (B, S, S) float32 in [0, 1].
 
@@ -138,7 +146,8 @@ def stitched_maps(
     cells of 16 px at 96 px): two findings, one in each lung, share the central cells'
     receptive field, and the coarse map's peak lands between the lungs; the finer grid puts it
     on a finding. The probabilities are always those of the unmoved image. All methods come
-    from the same forward passes.
+    from the same forward passes; with ``single`` (and ``stitch`` > 1) each method's one-pass
+    maps of the unmoved image come too, under ``method + SINGLE``, at no extra pass.
     """
     if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != x.shape[3]:
         raise ValueError(f"expected a batch (B, 1, S, S), got shape {tuple(x.shape)}")
@@ -154,6 +163,8 @@ def stitched_maps(
     probs = torch.sigmoid(logits.double()).cpu().numpy()
     offsets = stitch_offsets(size, acts.shape[-1], stitch)
     grids: dict[str, torch.Tensor] = {}
+    if single and stitch > 1:
+        grids.update({m + SINGLE: raw_maps(acts, linear, m)[1] for m in methods})
     for m, dy in enumerate(offsets):
         for n, dx in enumerate(offsets):
             if stitch > 1:
