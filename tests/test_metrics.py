@@ -14,9 +14,11 @@ from sklearn.calibration import calibration_curve
 
 from pneumo import bootstrap, scores, subgroups
 from pneumo import operating_point as opp
+from pneumo.calibration import fit_temperature
 from pneumo.eval_checks import EvaluationError, check_thresholds, threshold_key
 from pneumo.eval_outputs import Evaluation, plot_data, round_floats
 from pneumo.evaluation import evaluate
+from pneumo.runtime import apply_temperature
 
 
 def _data(kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +78,9 @@ def test_plot_curves_by_hand():
     """ROC corners from (0, 0) to (1, 1), thresholds finite; PR thresholds descending, with no
     extra end point: the rows dvc.yaml draws."""
     y, p = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
-    rows = plot_data({"val": (y, p), "test": (y, p)}, {"t050": 0.5}, calibration_bins=2)
+    rows = plot_data(
+        {"val": (y, p), "test": (y, p)}, {"t050": 0.5}, calibration_bins=2, uncalibrated={}
+    )
     roc = [(r["fpr"], r["tpr"], r["threshold"]) for r in rows["roc_val.csv"]]
     assert roc == [(0, 0, 1.0), (0, 0.5, 0.8), (0.5, 0.5, 0.4), (0.5, 1, 0.35), (1, 1, 0.1)]
     pr = [(r["recall"], r["precision"], r["threshold"]) for r in rows["pr_val.csv"]]
@@ -405,6 +409,8 @@ def _frame(y, p, rng):
             "patientId": [f"p{i}" for i in range(n)],
             "target": y,
             "prob": p,
+            # the logit evaluate calibrates (clipped: p is exactly 0 or 1 in some fixtures)
+            "logit": np.log(np.clip(p, 1e-12, 1)) - np.log1p(-np.clip(p, 0, 1 - 1e-12)),
             "view": rng.choice(["PA", "AP", ""], n),
             "sex": rng.choice(["M", "F"], n),
             "age": rng.choice(["25", "45", "75", "", "150"], n),
@@ -459,10 +465,15 @@ def test_evaluate_layout_and_op_point():
     rng = np.random.default_rng(0)
     yv, pv = _data("smooth")
     yt, pt = _data("ties")
-    ev = _evaluate(
-        _frame(yv, pv, rng), _frame(yt, pt, rng), thresholds=[0.5, 0.25, 0.125], bootstrap=200
-    )
-    op = ev.operating_point
+    val, test_frame = _frame(yv, pv, rng), _frame(yt, pt, rng)
+    ev = _evaluate(val, test_frame, thresholds=[0.5, 0.25, 0.125], bootstrap=200)
+    # evaluate scores the calibrated probabilities: its temperature, fitted on val, checked by
+    # test_calibration; here everything downstream of it is checked against sklearn on them
+    temperature = ev.operating_point["temperature"]  # unrounded (the metrics round it)
+    assert temperature == pytest.approx(fit_temperature(yv, val["logit"].to_numpy()))
+    pv = apply_temperature(val["logit"].to_numpy(), temperature)
+    pt = apply_temperature(test_frame["logit"].to_numpy(), temperature)
+    op = {k: v for k, v in ev.operating_point.items() if k not in ("temperature", "model_sha256")}
     spread = bootstrap.operating_point_interval((yv, pv), (yt, pt), 0.9, 200, 0)
     assert op == {
         "threshold": opp.threshold_for_sensitivity(yv, pv, 0.9),
