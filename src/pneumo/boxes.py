@@ -15,7 +15,9 @@ import numpy as np
 
 def as_boxes(boxes: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """Boxes as a float (K, 4) array of [x, y, w, h]; rejects bad shapes and negative sizes."""
-    arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+    if not len(boxes):
+        return np.zeros((0, 4))
+    arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if not np.isfinite(arr).all() or (arr[:, 2:] < 0).any():
         raise ValueError(f"boxes must be finite [x, y, w, h] with w, h >= 0, got {arr.tolist()}")
     return arr

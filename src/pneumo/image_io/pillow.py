@@ -9,28 +9,55 @@ from PIL import Image, ImageOps
 
 from pneumo.image_io.errors import ImageReadError, check_size, one_line
 from pneumo.image_io.grayscale import robust_range, stretch
+from pneumo.image_io.result import ReadResult, ScaleFor
+
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
-def read_pillow(path: Path, notes: list[str]) -> np.ndarray:
+def read_pillow(path: Path, notes: list[str], scale_for: ScaleFor | None = None) -> ReadResult:
     try:
         with Image.open(path) as im:
             w, h = im.size
             check_size(path, h, w, max(1, len(im.getbands())), 1, 8)
             if getattr(im, "n_frames", 1) > 1:
                 notes.append(f"{im.n_frames} frames: the first one is used")
-            im.load()
             # Pillow returns a copy even when there is nothing to turn: read the tag itself
             orientation = im.getexif().get(0x0112, 1)
+            scale = _draft(im, orientation, scale_for)
+            im.load()
             upright = ImageOps.exif_transpose(im)
             if orientation not in (1, None):
                 notes.append(f"EXIF orientation {orientation} applied")
-            return _pil_to_uint8(upright, notes)
+            full = (h, w) if orientation in _TRANSPOSED else (w, h)
+            return ReadResult(_pil_to_uint8(upright, notes), scale=scale, full_size=full)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"header declares an enormous image: {one_line(e)}") from None
     except Exception as e:
         raise ImageReadError(path, f"cannot decode the image: {one_line(e)}") from None
+
+
+def _draft(im: Image.Image, orientation: int | None, scale_for: ScaleFor | None) -> int:
+    """Make libjpeg decode a JPEG at the scale ``scale_for`` picks; the scale set (1: none)."""
+    if im.format != "JPEG" or scale_for is None:
+        return 1
+    w, h = im.size
+    scale = scale_for(w, h)
+    if orientation not in (1, None):
+        # a turned or mirrored image moves the partial last block to another edge: only exact
+        # multiples keep the decoded pixels where the full image's box expects them
+        while scale > 1 and (w % scale or h % scale):
+            scale //= 2
+    if scale == 1:
+        return 1
+    # draft picks the largest s with size // s >= the request: ask for exactly 1/scale; the
+    # mode stays (colour is converted to gray the usual way after)
+    if im.draft(im.mode, (w // scale, h // scale)) is None:
+        return 1  # a decoder that cannot draft (more than one tile)
+    if im.size != (-(-w // scale), -(-h // scale)):
+        raise ValueError(f"draft decoded {im.size}, expected 1/{scale} of {w} x {h}")
+    return scale
 
 
 def _pil_to_uint8(im: Image.Image, notes: list[str]) -> np.ndarray:

@@ -7,7 +7,7 @@ import logging
 import stat
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +15,10 @@ import numpy as np
 from pneumo.image_io.dicom import read_dicom
 from pneumo.image_io.errors import ImageReadError, one_line
 from pneumo.image_io.pillow import read_pillow
+from pneumo.image_io.result import ReadResult, ScaleFor
 from pneumo.sniff import HEAD_BYTES, sniff
 
 MAX_FILE_BYTES = 1 << 30
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    """A decoded image and what the reader had to do to get it (colour dropped, meta assumed...)."""
-
-    image: np.ndarray  # 2-D uint8
-    notes: tuple[str, ...] = ()
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -33,20 +26,24 @@ def read_image(path: str | Path) -> np.ndarray:
     return read_image_with_notes(path).image
 
 
-def read_image_with_notes(path: str | Path) -> ReadResult:
-    """Like ``read_image``, with notes on conversions (colour to gray, assumed transfer syntax)."""
+def read_image_with_notes(path: str | Path, scale_for: ScaleFor | None = None) -> ReadResult:
+    """Like ``read_image``, with notes on conversions (colour to gray, assumed transfer syntax).
+
+    With ``scale_for``, a JPEG file or a JPEG baseline grayscale DICOM is decoded at the scale it
+    chooses from the image's size (``pneumo.imaging.dct_scale``); anything else is read whole.
+    """
     path = Path(path)
     notes: list[str] = []
     with _quiet_pydicom() as caught:
         try:
-            image = _read_any(path, notes, caught)
+            decoded = _read_any(path, notes, caught, scale_for)
         except ImageReadError:
             raise
         except MemoryError:
             raise ImageReadError(path, "out of memory while decoding") from None
         except Exception as e:  # a bad file must become a reason, whatever the library raised
             raise ImageReadError(path, f"unreadable: {one_line(e)}") from e
-    return ReadResult(np.ascontiguousarray(image), tuple(notes))
+    return replace(decoded, image=np.ascontiguousarray(decoded.image), notes=tuple(notes))
 
 
 @contextlib.contextmanager
@@ -68,7 +65,12 @@ def _quiet_pydicom() -> Iterator[list[warnings.WarningMessage]]:
         logger.removeFilter(drop)
 
 
-def _read_any(path: Path, notes: list[str], caught: list[warnings.WarningMessage]) -> np.ndarray:
+def _read_any(
+    path: Path,
+    notes: list[str],
+    caught: list[warnings.WarningMessage],
+    scale_for: ScaleFor | None,
+) -> ReadResult:
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -93,11 +95,11 @@ def _read_any(path: Path, notes: list[str], caught: list[warnings.WarningMessage
             notes.append(
                 f"{kind.upper()} content in a '{path.suffix}' file: read as {kind.upper()}"
             )
-        return read_pillow(path, notes)
+        return read_pillow(path, notes, scale_for)
     if kind == "gzip":
         raise ImageReadError(path, "gzip-compressed file, not an image (decompress it first)")
     if kind in ("zip", "tiff", "gif", "bmp"):
         raise ImageReadError(
             path, f"unsupported file format ({kind.upper()}); expected DICOM, PNG or JPEG"
         )
-    return read_dicom(path, preamble=kind == "dicom", notes=notes, caught=caught)
+    return read_dicom(path, kind == "dicom", notes, caught, scale_for)
