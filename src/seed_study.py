@@ -69,13 +69,19 @@ def queue_and_run(
     t0 = time.monotonic()
     while True:
         status = dvc("queue", "status")
-        waiting = [ln for ln in status.splitlines() if " Queued " in ln or " Running " in ln]
+        waiting = pending_tasks(status)
         if failed_tasks(status, {f"{prefix}-{s}" for s in seeds}):
             sys.exit("seed_study: experiments failed (see `dvc queue logs <name>`):\n" + status)
         if not waiting:
             break
         print(f"{len(waiting)} experiment(s) to go ({time.monotonic() - t0:.0f} s)", flush=True)
         time.sleep(poll_s)
+
+
+def pending_tasks(status: str) -> list[str]:
+    """The lines of ``dvc queue status`` of queued or running tasks (the status is the last
+    column, with no padding after it)."""
+    return [ln for ln in status.splitlines() if ln.split()[-1:] in (["Queued"], ["Running"])]
 
 
 def failed_tasks(status: str, names: set[str]) -> list[str]:

@@ -82,3 +82,19 @@ def test_only_this_studys_failed_tasks_stop_it():
     names = {"seed-1", "seed-2", "seed-3"}
     assert seed_study.failed_tasks(status, names) == ["f8c301d  seed-2          05:57 PM   Failed"]
     assert seed_study.failed_tasks(status, {"e3-1"}) == []
+
+
+def test_queued_and_running_tasks_are_waited_for_without_trailing_padding():
+    # dvc prints the status as the last column with nothing after it: "Queued" ends the line
+    status = (
+        "Task     Name            Created    Status\n"
+        "11254ca  seed-1          10:11 AM   Success\n"
+        "cc250a9  dct-1           09:04 PM   Running\n"
+        "9ec6eff  dct-2           09:04 PM   Queued\n"
+        "\n"
+        "Worker status: 1 active, 0 idle\n"
+    )
+    assert [ln.split()[1] for ln in seed_study.pending_tasks(status)] == ["dct-1", "dct-2"]
+    assert seed_study.pending_tasks(status.replace("Running", "Success")) == [
+        "9ec6eff  dct-2           09:04 PM   Queued"
+    ]
