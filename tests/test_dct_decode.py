@@ -58,19 +58,20 @@ def draft_decode(jpeg: bytes, scale: int) -> np.ndarray:
 @pytest.mark.parametrize(
     ("w", "h", "size", "mode", "expected"),
     [
-        (1024, 1024, 224, "pad", 4),  # RSNA at the reference pipelines' size: 256 >= 224
-        (1024, 1024, 256, "pad", 4),  # exactly a quarter
-        (1024, 1024, 257, "pad", 2),
-        (192, 192, 96, "pad", 2),  # the default profile: the half decode is the cache
-        (192, 192, 97, "pad", 1),  # less than half: no scaling
-        (1024, 1024, 96, "pad", 8),  # 8 is libjpeg's largest
-        (2000, 1000, 250, "pad", 8),  # landscape: the long side sets the drawn width
-        (2000, 1000, 250, "crop", 4),  # the 1000 px centre square to 250
-        (2000, 1000, 250, "stretch", 4),  # the short side limits
-        (40, 40, 16, "pad", 2),
+        (1024, 1024, 224, "pad", 2),  # RSNA at the reference pipelines' size: 512 >= 2 x 224
+        (1024, 1024, 256, "pad", 2),
+        (1024, 1024, 257, "pad", 1),  # 512 < 2 x 257: the area resize needs its 2:1
+        (1024, 1024, 128, "pad", 4),  # exactly 2:1 after the 1/4 decode
+        (1024, 1024, 96, "pad", 4),  # 1/8 would leave 128 < 192
+        (2048, 2048, 128, "pad", 8),  # 8 is libjpeg's largest
+        (192, 192, 96, "pad", 1),  # the default profile: a 1/2 decode would be the cache itself
+        (2000, 1000, 125, "pad", 8),  # landscape: the long side sets the drawn width
+        (2000, 1000, 125, "crop", 4),  # the 1000 px centre square to 125
+        (2000, 1000, 125, "stretch", 4),  # the short side limits
+        (64, 64, 16, "pad", 2),
     ],
 )
-def test_dct_scale_keeps_a_pixel_per_output_pixel(w, h, size, mode, expected):
+def test_dct_scale_leaves_two_decoded_pixels_per_output_pixel(w, h, size, mode, expected):
     assert dct_scale(w, h, size, mode) == expected
 
 
